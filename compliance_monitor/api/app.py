@@ -1,0 +1,87 @@
+"""``create_app(settings)``: the one FastAPI app — bridges, console feeds, REST and the UI pages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from compliance_monitor.api import bridges, console, rest
+from compliance_monitor.archive.sqlite import Archive
+from compliance_monitor.asr.decoder import WhisperDecoder
+from compliance_monitor.asr.scheduler import AsrScheduler
+from compliance_monitor.asr.weights import resolve_model
+from compliance_monitor.bus.memory import InMemoryBus
+from compliance_monitor.config import Settings
+from compliance_monitor.detect.engine import RuleSet
+from compliance_monitor.pipeline import Monitor, Services
+from compliance_monitor.policy.engine import PolicyEngine
+from compliance_monitor.resources import ui_dir
+from compliance_monitor.text.tokenise import Tokenizer
+
+log = logging.getLogger(__name__)
+
+DecoderFactory = Callable[[], WhisperDecoder]
+
+
+def default_decoder_factory(settings: Settings) -> DecoderFactory:
+    def build() -> WhisperDecoder:
+        model_dir = resolve_model(settings.asr.model, settings.asr.cache_dir)
+        return WhisperDecoder(str(model_dir), settings.asr)
+
+    return build
+
+
+async def build_services(settings: Settings, decoder_factory: DecoderFactory | None = None) -> Services:
+    # Fail fast on configuration (model, rules) before accepting any call.
+    tokenizer = Tokenizer(settings.rules.dir / settings.rules.user_dict)
+    rules = RuleSet(settings.rules)
+    asr = AsrScheduler(settings.asr, decoder_factory or default_decoder_factory(settings))
+    await asr.start()
+    archive = Archive(settings.archive.path, tokenizer.cut_for_search)
+    await archive.open()
+    bus = InMemoryBus(settings.bus.subscriber_queue_size, settings.bus.replay_events_per_call)
+    log.info(
+        "monitor ready: ASR on %s, %d rules, archive %s", asr.device, rules.engine.rule_count, settings.archive.path
+    )
+    return Services(settings, asr, tokenizer, rules, PolicyEngine(settings.policy), archive, bus)
+
+
+def create_app(settings: Settings, decoder_factory: DecoderFactory | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await build_services(settings, decoder_factory)
+        app.state.monitor = Monitor(services)
+        try:
+            yield
+        finally:
+            await app.state.monitor.aclose()
+            await services.asr.aclose()
+            await services.bus.aclose()
+            await services.archive.aclose()
+
+    app = FastAPI(title="Call compliance monitor", version="0.1.0", lifespan=lifespan)
+    app.include_router(bridges.router)
+    app.include_router(console.router)
+    app.include_router(rest.router)
+    _mount_ui(app)
+    return app
+
+
+def _mount_ui(app: FastAPI) -> None:
+    root = ui_dir()
+    pages = {"/": "console.html", "/agent": "agent.html", "/search": "search.html"}
+    for route, page in pages.items():
+        app.add_api_route(route, _page(root / page), methods=["GET"], include_in_schema=False)
+    app.mount("/ui", StaticFiles(directory=root), name="ui")
+
+
+def _page(path: object) -> Callable[[], FileResponse]:
+    def serve() -> FileResponse:
+        return FileResponse(path, media_type="text/html; charset=utf-8")  # type: ignore[arg-type]
+
+    return serve

@@ -1,0 +1,59 @@
+"""Live feeds for browsers: supervisors see every call, a collector sees only their own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from compliance_monitor.api.auth import principal_for
+from compliance_monitor.api.deps import get_monitor
+from compliance_monitor.bus.memory import EventFilter
+from compliance_monitor.ingest.base import CloseCode
+
+router = APIRouter()
+
+
+@router.websocket("/ws/console")
+async def console_feed(ws: WebSocket) -> None:
+    principal = principal_for(ws, get_monitor(ws).services.settings)
+    if principal is None or not principal.can("supervisor", "auditor"):
+        await ws.close(CloseCode.POLICY_VIOLATION, "supervisor token required")
+        return
+    await _stream(ws, lambda event: True)
+
+
+@router.websocket("/ws/agents/{agent_id}")
+async def agent_feed(ws: WebSocket, agent_id: str) -> None:
+    principal = principal_for(ws, get_monitor(ws).services.settings)
+    own = principal is not None and principal.role == "collector" and principal.agent_id == agent_id
+    if principal is None or not (own or principal.can("supervisor")):
+        await ws.close(CloseCode.POLICY_VIOLATION, "a collector may only follow their own calls")
+        return
+    await _stream(ws, lambda event: event.agent_id == agent_id)
+
+
+async def _stream(ws: WebSocket, accept: EventFilter) -> None:
+    """One task sends bus events, one reads the socket (to notice the close); either ends both."""
+    bus = get_monitor(ws).services.bus
+    await ws.accept()
+    subscription = bus.subscribe(accept)
+
+    async def send() -> None:
+        async for event in subscription:
+            await ws.send_text(event.model_dump_json())
+
+    async def receive() -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await ws.receive_text()  # clients may send pings; nothing else is expected
+
+    tasks = [asyncio.create_task(send()), asyncio.create_task(receive())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        subscription.close()

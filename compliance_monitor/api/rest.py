@@ -1,0 +1,148 @@
+"""REST: calls, transcripts, halt, search, evidence export, rules."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, TypeAdapter
+
+from compliance_monitor.api.auth import Principal, require
+from compliance_monitor.api.deps import get_monitor
+from compliance_monitor.detect.rulepack import RulePackError
+from compliance_monitor.messages import Event
+from compliance_monitor.pipeline import Monitor
+
+router = APIRouter(prefix="/api")
+
+MonitorDep = Annotated[Monitor, Depends(get_monitor)]
+
+
+def _role(*roles: str) -> Any:
+    def dependency(request: Request) -> Principal:
+        return require(request, get_monitor(request).services.settings, *roles)
+
+    return Depends(dependency)
+
+
+Supervisor = Annotated[Principal, _role("supervisor")]
+Auditor = Annotated[Principal, _role("supervisor", "auditor")]
+Admin = Annotated[Principal, _role("admin")]
+
+
+class HaltRequest(BaseModel):
+    reason: str = Field("halted by supervisor", max_length=500)
+
+
+@router.get("/health")
+async def health(monitor: MonitorDep) -> dict[str, Any]:
+    svc = monitor.services
+    return {
+        "status": "ok",
+        "live_calls": len(monitor.calls),
+        "asr_device": svc.asr.device,
+        "rules": svc.rules.engine.rule_count,
+        "rules_generation": svc.rules.generation,
+    }
+
+
+@router.get("/stats")
+async def stats(monitor: MonitorDep, _: Auditor) -> dict[str, Any]:
+    return {
+        "asr": monitor.services.asr.stats.as_dict(),
+        "live_calls": len(monitor.calls),
+        "events_published": monitor.services.bus.published,
+    }
+
+
+@router.get("/events/schema")
+async def event_schema() -> dict[str, Any]:
+    return TypeAdapter(Event).json_schema()
+
+
+@router.get("/calls")
+async def list_calls(
+    monitor: MonitorDep,
+    _: Auditor,
+    status: Literal["live", "ended", "all"] = "all",
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    return {"calls": await monitor.services.archive.list_calls(status, limit)}
+
+
+@router.get("/calls/{call_id}")
+async def get_call(call_id: str, monitor: MonitorDep, _: Auditor) -> dict[str, Any]:
+    call = await monitor.services.archive.get_call(call_id)
+    if call is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no call {call_id}")
+    return call
+
+
+@router.post("/calls/{call_id}/halt", status_code=status.HTTP_202_ACCEPTED)
+async def halt_call(call_id: str, body: HaltRequest, monitor: MonitorDep, who: Supervisor) -> dict[str, str]:
+    if call_id not in monitor.calls:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} is not live")
+    actor = f"{who.role}:{who.agent_id}" if who.agent_id else who.role
+    done = await monitor.halt(call_id, body.reason, actor)
+    return {"call_id": call_id, "status": "halt_requested" if done else "already_halting"}
+
+
+@router.get("/calls/{call_id}/export")
+async def export_call(call_id: str, monitor: MonitorDep, who: Auditor) -> JSONResponse:
+    archive = monitor.services.archive
+    call = await archive.get_call(call_id)
+    if call is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no call {call_id}")
+    intact, checked = await archive.verify_chain()
+    bundle = {
+        **call,
+        "audit": await archive.audit_entries(call_id),
+        "audit_chain": {"intact": intact, "entries_checked": checked},
+        "exported_at": time.time(),
+        "exported_by": who.role,
+    }
+    return JSONResponse(bundle, headers={"Content-Disposition": f'attachment; filename="call-{call_id}.json"'})
+
+
+@router.get("/search")
+async def search(
+    monitor: MonitorDep,
+    _: Auditor,
+    q: Annotated[str, Query(min_length=1, max_length=200)],
+    speaker: Literal["agent", "customer"] | None = None,
+    category: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    results = await monitor.services.archive.search(q, speaker=speaker, category=category, limit=limit)
+    return {"query": q, "results": results}
+
+
+@router.get("/rules")
+async def list_rules(monitor: MonitorDep, _: Auditor) -> dict[str, Any]:
+    engine = monitor.services.rules.engine
+    return {
+        "generation": monitor.services.rules.generation,
+        "packs": [
+            {
+                "pack": p.pack,
+                "version": p.version,
+                "language": p.language,
+                "rules": [r.model_dump(mode="json", exclude={"examples"}) for r in p.rules],
+            }
+            for p in engine.packs
+        ],
+    }
+
+
+@router.post("/rules/reload")
+async def reload_rules(monitor: MonitorDep, _: Admin) -> dict[str, Any]:
+    try:
+        engine = monitor.services.rules.reload()
+    except RulePackError as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            {"message": "rule pack rejected; the running rules stay in force", "errors": exc.errors},
+        ) from exc
+    return {"generation": monitor.services.rules.generation, "rules": engine.rule_count}

@@ -1,0 +1,185 @@
+"""Streaming recognition for one speaker of one call: VAD-gated partials and finals.
+
+Audio is appended to a rolling buffer with offset bookkeeping (stream time of its first sample),
+VAD runs off the loop, partial decodes of the open segment are requested every
+``partial_interval_s`` and a final decode at each VAD end-point. Results are emitted strictly in
+submission order by a separate task, so a slow decode never stalls the audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from compliance_monitor.asr.decoder import DecodeRequest, DecodeResult
+from compliance_monitor.asr.scheduler import AsrScheduler
+from compliance_monitor.audio.vad import SegmentEvent, SpeechSegmenter
+from compliance_monitor.config import AsrSettings, VadSettings
+from compliance_monitor.messages import AudioChunk, Speaker, Transcript
+
+log = logging.getLogger(__name__)
+
+RATE = 16_000
+MIN_GAP_S = 0.01  # below half a 20 ms frame: resampler delay and rounding, not loss
+MAX_GAP_FILL_S = 5.0  # a longer hole in the stream is not filled with silence sample by sample
+MIN_PARTIAL_S = 0.6
+
+# VAD is a small ONNX model: cheap, but still inference; keep it off the loop on a shared thread.
+_VAD_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
+
+_Pending = tuple[int, float, float, bool, "asyncio.Future[DecodeResult | None]"]
+
+
+class SpeakerTranscriber:
+    def __init__(
+        self,
+        call_id: str,
+        speaker: Speaker,
+        scheduler: AsrScheduler,
+        vad: VadSettings,
+        asr: AsrSettings,
+        out: asyncio.Queue[Transcript | None],
+    ) -> None:
+        self.call_id = call_id
+        self.speaker = speaker
+        self.scheduler = scheduler
+        self.asr = asr
+        self.out = out
+        self.segmenter = SpeechSegmenter(vad)
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._buffer_t0 = 0.0  # stream time of _buffer[0]
+        self._pad_s = vad.speech_pad_ms / 1000
+        self._segment_no = 0
+        self._segment_t0: float | None = None
+        self._last_partial_t = 0.0
+        self._last_final_text: str | None = None
+        self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._emitter = asyncio.create_task(self._emit(), name=f"asr-emit-{call_id}-{speaker}")
+        self.gaps_filled_s = 0.0
+
+    @property
+    def stream_key(self) -> tuple[str, str]:
+        return (self.call_id, self.speaker.value)
+
+    @property
+    def buffer_end(self) -> float:
+        return self._buffer_t0 + len(self._buffer) / RATE
+
+    async def push(self, chunks: list[AudioChunk]) -> None:
+        audio = self._append(chunks)
+        if not len(audio):
+            return
+        loop = asyncio.get_running_loop()
+        events = await loop.run_in_executor(_VAD_EXECUTOR, lambda: list(self.segmenter.push(audio)))
+        self._handle(events)
+        self._maybe_partial()
+
+    async def finish(self) -> None:
+        """End of the stream: close the open segment, then wait until every result is emitted."""
+        self._handle(list(self.segmenter.flush()))
+        self._pending.put_nowait(None)
+        await self._emitter
+
+    async def aclose(self) -> None:
+        self._emitter.cancel()
+        await asyncio.gather(self._emitter, return_exceptions=True)
+        self.scheduler.drop_partial(self.stream_key)
+
+    # ------------------------------------------------------------------ audio bookkeeping
+
+    def _append(self, chunks: list[AudioChunk]) -> np.ndarray:
+        parts: list[np.ndarray] = []
+        end = self.buffer_end
+        for chunk in chunks:
+            gap = chunk.t - end
+            if gap > MIN_GAP_S:
+                # Lost or late-starting frames: fill with silence so VAD time and stream time agree.
+                fill = np.zeros(round(min(gap, MAX_GAP_FILL_S) * RATE), dtype=np.float32)
+                parts.append(fill)
+                end += len(fill) / RATE
+                self.gaps_filled_s += len(fill) / RATE
+            parts.append(chunk.pcm)
+            end += chunk.duration
+        if not parts:
+            return np.zeros(0, dtype=np.float32)
+        audio = np.concatenate(parts)
+        self._buffer = np.concatenate([self._buffer, audio])
+        self._trim()
+        return audio
+
+    def _trim(self) -> None:
+        # Keep the open segment, or the pre-roll pad while nobody speaks: bounded either way.
+        keep_from = self._segment_t0 if self._segment_t0 is not None else self.buffer_end - self._pad_s - 0.5
+        drop = int((keep_from - self._buffer_t0) * RATE)
+        if drop > 0:
+            self._buffer = self._buffer[drop:]
+            self._buffer_t0 += drop / RATE
+
+    def _slice(self, t0: float, t1: float) -> np.ndarray:
+        a = max(0, int((t0 - self._buffer_t0) * RATE))
+        b = max(a, int((t1 - self._buffer_t0) * RATE))
+        return self._buffer[a:b].copy()
+
+    # ------------------------------------------------------------------ segmentation → decode jobs
+
+    def _handle(self, events: list[SegmentEvent]) -> None:
+        for event in events:
+            if event.kind == "start":
+                self._segment_no += 1
+                self._segment_t0 = max(event.t, self._buffer_t0)
+                self._last_partial_t = event.t
+            elif self._segment_t0 is not None:
+                self._submit(self._segment_t0, event.t, final=True)
+                self._segment_t0 = None
+        self._trim()
+
+    def _maybe_partial(self) -> None:
+        if self._segment_t0 is None:
+            return
+        now = self.buffer_end
+        if now - self._last_partial_t >= self.asr.partial_interval_s and now - self._segment_t0 >= MIN_PARTIAL_S:
+            self._last_partial_t = now
+            self._submit(self._segment_t0, now, final=False)
+
+    def _submit(self, t0: float, t1: float, *, final: bool) -> None:
+        request = DecodeRequest(
+            self._slice(t0, t1),
+            beam_size=self.asr.beam_size if final else self.asr.partial_beam_size,
+            prompt_text=self._last_final_text if self.asr.condition_on_previous else None,
+        )
+        future = self.scheduler.submit(self.stream_key, request, final=final)
+        self._pending.put_nowait((self._segment_no, t0, t1, final, future))
+
+    async def _emit(self) -> None:
+        while (item := await self._pending.get()) is not None:
+            segment_no, t0, t1, final, future = item
+            submitted = time.monotonic()
+            try:
+                result = await future
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("ASR failed for %s/%s segment %d", self.call_id, self.speaker, segment_no)
+                continue
+            if result is None or not result.text:  # superseded, or silence/noise rejected by the guards
+                continue
+            if final and result.text:
+                self._last_final_text = result.text
+            await self.out.put(
+                Transcript(
+                    self.call_id,
+                    self.speaker,
+                    segment_no,
+                    result.text,
+                    t0,
+                    t1,
+                    final,
+                    result.avg_logprob,
+                    result.no_speech_prob,
+                    time.monotonic() - submitted,
+                )
+            )

@@ -1,0 +1,207 @@
+"""``compliance-monitor serve | replay | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from compliance_monitor.config import Settings, load_settings
+from compliance_monitor.resources import assets_dir
+
+log = logging.getLogger("compliance_monitor")
+
+DEMO_CALL = "demo_call.wav"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    server: dict[str, object] = {}
+    if getattr(args, "host", None):
+        server["host"] = args.host
+    if getattr(args, "port", None):
+        server["port"] = args.port
+    if server:
+        overrides["server"] = server
+    return load_settings(args.config, **overrides)
+
+
+async def _serve(settings: Settings, until: asyncio.Future[None] | None = None) -> None:
+    import uvicorn
+
+    from compliance_monitor.api.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        ws_max_size=4 * 1024 * 1024,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    if until is not None:
+        await asyncio.wait({serving, until}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+    await serving
+
+
+async def _wait_until_up(settings: Settings, within_s: float = 120.0) -> None:
+    import httpx
+
+    url = f"http://{settings.server.host}:{settings.server.port}/api/health"
+    async with httpx.AsyncClient() as client:
+        for _ in range(int(within_s / 0.25)):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return
+            await asyncio.sleep(0.25)
+    raise RuntimeError(f"the monitor did not come up at {url} within {within_s:.0f}s")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    asyncio.run(_serve(settings))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from compliance_monitor.ingest.replay import replay
+
+    speed = 0.0 if args.fast else args.speed
+    result = asyncio.run(
+        replay(
+            Path(args.file),
+            args.url or _default_url(args.bridge),
+            bridge=args.bridge,
+            speed=speed,
+            call_id=args.call_id,
+            agent_id=args.agent_id,
+            token=args.token,
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "call_id": result.call_id,
+                "audio_s": round(result.audio_s, 2),
+                "frames_sent": result.frames_sent,
+                "close_code": result.closed_code,
+                "server_messages": result.server_messages,
+            },
+            ensure_ascii=False,
+        )
+    )
+    return 0
+
+
+def _default_url(bridge: str, host: str = "127.0.0.1", port: int = 8000) -> str:
+    return f"ws://{host}:{port}/bridge/{bridge}"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    return asyncio.run(_demo(settings, args))
+
+
+async def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from compliance_monitor.ingest.replay import replay
+
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(_serve(settings, stop))
+    await _wait_until_up(settings)
+    base = f"http://{settings.server.host}:{settings.server.port}"
+    print(
+        f"\n  Supervisor console:  {base}/\n  Collector panel:     {base}/agent?agent_id=A1001\n"
+        f"  Auditor search:      {base}/search\n",
+        flush=True,
+    )
+    call_file = Path(args.file) if args.file else assets_dir() / DEMO_CALL
+    url = _default_url(args.bridge, settings.server.host, settings.server.port)
+    try:
+        round_no = 0
+        while True:
+            round_no += 1
+            print(f"  streaming demo call {round_no} ({call_file.name}) over the {args.bridge} bridge...", flush=True)
+            await replay(
+                call_file,
+                url,
+                bridge=args.bridge,
+                speed=args.speed,
+                call_id=f"demo-{round_no}",
+                agent_id="A1001",
+                tail_silence_s=1.0,
+            )
+            if args.once:
+                await asyncio.sleep(args.linger)
+                break
+            await asyncio.sleep(5)
+    finally:
+        stop.set_result(None)
+        await server
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compliance-monitor", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML or YAML settings file (env CM_* overrides it)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the monitor (bridges, console, API)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    rep = sub.add_parser("replay", help="stream a wav file into a running monitor as a bridge would")
+    rep.add_argument("file")
+    rep.add_argument("--bridge", choices=["twilio", "pcm"], default="twilio")
+    rep.add_argument("--url", help="bridge websocket URL (default ws://127.0.0.1:8000/bridge/BRIDGE)")
+    rep.add_argument("--speed", type=float, default=1.0, help="1 = real time (default), 2 = twice as fast")
+    rep.add_argument("--fast", action="store_true", help="no pacing at all")
+    rep.add_argument("--realtime", dest="fast", action="store_false", help="real-time pace (the default)")
+    rep.add_argument("--call-id")
+    rep.add_argument("--agent-id", default="A1001")
+    rep.add_argument("--token", help="bridge token, if the server requires one")
+    rep.set_defaults(func=cmd_replay)
+
+    demo = sub.add_parser("demo", help="serve and stream a bundled collection call through the bridge")
+    demo.add_argument("--host")
+    demo.add_argument("--port", type=int)
+    demo.add_argument("--bridge", choices=["twilio", "pcm"], default="twilio")
+    demo.add_argument("--file", help="another wav to stream instead of the bundled call")
+    demo.add_argument("--speed", type=float, default=1.0)
+    demo.add_argument("--once", action="store_true", help="play the call once, then exit")
+    demo.add_argument("--linger", type=float, default=3.0, help="with --once: seconds to keep serving after")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("jieba").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error for operators; details with -v
+        from compliance_monitor.asr.weights import ModelUnavailableError
+        from compliance_monitor.detect.rulepack import RulePackError
+
+        if isinstance(exc, ModelUnavailableError | RulePackError | ValueError | FileNotFoundError):
+            print(f"error: {exc}", file=sys.stderr)
+            if args.verbose:
+                raise
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

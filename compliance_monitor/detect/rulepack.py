@@ -1,0 +1,140 @@
+"""Rule packs as data: the YAML schema, validation with line-numbered errors, and loading.
+
+A pack is a YAML file in ``rules/``; a compliance officer edits it without touching Python.
+Validation is strict (unknown fields are errors) because a typo in a rule must not silently turn
+it off.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from compliance_monitor.messages import ActionKind, Severity
+
+SpeakerScope = Literal["agent", "customer", "both"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MatchSpec(_Strict):
+    keywords: list[str] = Field(default_factory=list, description="literal phrases (Aho-Corasick)")
+    regex: list[str] = Field(default_factory=list, description="regular expressions")
+    field: Literal["text", "digits"] = Field(
+        "text", description="'digits' matches against the text with Chinese numerals as digits"
+    )
+    unless: list[str] = Field(
+        default_factory=list, description="phrases that, present in the same segment, cancel the match"
+    )
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regex {pattern!r}: {exc}") from exc
+        return patterns
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> MatchSpec:
+        if not self.keywords and not self.regex:
+            raise ValueError("a rule needs at least one keyword or regex")
+        return self
+
+
+class Explanation(_Strict):
+    collector: str
+    supervisor: str
+
+
+class Examples(_Strict):
+    positive: list[str] = Field(default_factory=list)
+    negative: list[str] = Field(default_factory=list)
+
+
+class Rule(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+    category: str = Field(pattern=r"^[a-z_]+$")
+    severity: Severity
+    speaker: SpeakerScope = "agent"
+    match: MatchSpec
+    explanation: Explanation
+    action: ActionKind | None = None
+    enabled: bool = True
+    examples: Examples = Field(default_factory=Examples)
+
+
+class RulePack(_Strict):
+    pack: str = Field(pattern=r"^[a-z0-9_]+$")
+    version: int = Field(ge=1)
+    language: str
+    description: str = ""
+    rules: list[Rule]
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> RulePack:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.id in seen:
+                raise ValueError(f"duplicate rule id {rule.id!r}")
+            seen.add(rule.id)
+        return self
+
+
+class RulePackError(ValueError):
+    """A pack that failed to load; ``errors`` are 'file:line: message' strings."""
+
+    def __init__(self, path: Path, errors: list[str]) -> None:
+        self.path = path
+        self.errors = errors
+        super().__init__(f"invalid rule pack {path}:\n  " + "\n  ".join(errors))
+
+
+def load_pack(path: Path) -> RulePack:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulePackError(path, [f"{path}: cannot read: {exc}"]) from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"{mark.line + 1}" if mark else "?"
+        raise RulePackError(path, [f"{path}:{line}: YAML syntax error: {exc}"]) from exc
+    if not isinstance(data, dict):
+        raise RulePackError(path, [f"{path}:1: a rule pack must be a mapping with 'pack' and 'rules'"])
+    try:
+        return RulePack.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            f"{path}:{_line_of(node, err['loc'])}: {'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise RulePackError(path, errors) from exc
+
+
+def _line_of(node: Any, loc: tuple[Any, ...]) -> int:
+    """Walk the YAML node tree along a pydantic error location to report the nearest line."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == key), None)
+            if child is None:
+                key_node = next((k for k, _ in node.value if k.value == key), None)
+                return key_node.start_mark.line + 1 if key_node else line
+            node = child
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line

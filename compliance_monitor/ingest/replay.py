@@ -1,0 +1,212 @@
+"""Bridge client: stream a wav file into the monitor exactly as a telephony bridge would.
+
+Stereo files map channel 0 → agent and channel 1 → customer. Twilio mode sends both tracks as
+interleaved ``media`` messages (outbound = agent, inbound = customer), 20 ms of 8 kHz μ-law each;
+PCM mode sends a JSON start and then interleaved s16le frames. Paced at real time unless told
+otherwise (``speed`` > 1 plays faster, 0 = as fast as possible).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import websockets
+
+from compliance_monitor.audio.g711 import alaw_decode, ulaw_decode, ulaw_encode
+from compliance_monitor.audio.resample import float_to_pcm16, pcm16_to_float, resample
+
+FRAME_S = 0.02
+_WAVE_PCM, _WAVE_ALAW, _WAVE_MULAW = 1, 6, 7
+
+
+@dataclass
+class ReplayResult:
+    call_id: str
+    frames_sent: int = 0
+    audio_s: float = 0.0
+    closed_code: int | None = None
+    server_messages: list[dict[str, object]] = field(default_factory=list)
+    ended_at: float = 0.0  # time.time() when the last frame was sent
+
+
+def _chunks(raw: bytes) -> dict[bytes, bytes]:
+    """The RIFF chunks of a WAVE file by id (fmt, fact, data, ...)."""
+    if raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+        raise ValueError("not a RIFF/WAVE file")
+    chunks, pos = {}, 12
+    while pos + 8 <= len(raw):
+        cid, size = raw[pos : pos + 4], struct.unpack_from("<I", raw, pos + 4)[0]
+        chunks.setdefault(cid, raw[pos + 8 : pos + 8 + size])
+        pos += 8 + size + (size & 1)
+    return chunks
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """(samples float32 [n, channels], rate). Reads PCM16 and G.711 (μ-law / A-law) WAVs."""
+    chunks = _chunks(path.read_bytes())
+    if b"fmt " not in chunks or b"data" not in chunks:
+        raise ValueError(f"{path}: WAVE file without fmt or data chunk")
+    tag, channels, rate = struct.unpack_from("<HHI", chunks[b"fmt "])
+    bits = struct.unpack_from("<H", chunks[b"fmt "], 14)[0]
+    data = chunks[b"data"]
+    if tag == _WAVE_PCM and bits == 16:
+        pcm = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2")
+    elif tag in (_WAVE_MULAW, _WAVE_ALAW):
+        pcm = (ulaw_decode if tag == _WAVE_MULAW else alaw_decode)(data)
+    else:
+        raise ValueError(f"{path}: WAVE format {tag}/{bits} bit is not supported (PCM16, μ-law, A-law)")
+    frames = len(pcm) // channels
+    return pcm16_to_float(pcm[: frames * channels]).reshape(frames, channels), int(rate)
+
+
+async def _paced(n_frames: int, speed: float) -> AsyncIterator[int]:
+    start = time.monotonic()
+    for i in range(n_frames):
+        if speed > 0:
+            delay = start + i * FRAME_S / speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        yield i
+
+
+async def replay(
+    path: Path,
+    url: str,
+    *,
+    bridge: str = "twilio",
+    speed: float = 1.0,
+    call_id: str | None = None,
+    agent_id: str = "A1001",
+    token: str | None = None,
+    tail_silence_s: float = 0.0,
+) -> ReplayResult:
+    audio, rate = read_wav(path)
+    if tail_silence_s > 0:
+        audio = np.concatenate([audio, np.zeros((int(tail_silence_s * rate), audio.shape[1]), np.float32)])
+    call_id = call_id or f"CA{uuid.uuid4().hex}"
+    if token:
+        url += ("&" if "?" in url else "?") + f"token={token}"
+    result = ReplayResult(call_id)
+    async with websockets.connect(url, max_size=2**20) as ws:
+        listener = asyncio.create_task(_listen(ws, result))
+        try:
+            if bridge == "twilio":
+                await _send_twilio(ws, audio, rate, call_id, agent_id, speed, result)
+            elif bridge == "pcm":
+                await _send_pcm(ws, audio, rate, call_id, agent_id, speed, result)
+            else:
+                raise ValueError(f"unknown bridge {bridge!r}: twilio or pcm")
+        except websockets.ConnectionClosed:
+            pass  # the server halted or rejected the call; the close code says which
+        result.ended_at = time.time()
+        await asyncio.wait_for(listener, timeout=10)
+    return result
+
+
+async def _listen(ws: websockets.ClientConnection, result: ReplayResult) -> None:
+    try:
+        async for message in ws:
+            if isinstance(message, str):
+                result.server_messages.append(json.loads(message))
+    except websockets.ConnectionClosed:
+        pass
+    result.closed_code = ws.close_code
+
+
+async def _send_twilio(
+    ws: websockets.ClientConnection,
+    audio: np.ndarray,
+    rate: int,
+    call_id: str,
+    agent_id: str,
+    speed: float,
+    result: ReplayResult,
+) -> None:
+    stereo = audio.shape[1] >= 2
+    tracks = {"outbound": audio[:, 0], "inbound": audio[:, 1]} if stereo else {"inbound": audio[:, 0]}
+    mulaw = {t: ulaw_encode(float_to_pcm16(resample(a, rate, 8000))) for t, a in tracks.items()}
+    stream_sid = f"MZ{uuid.uuid4().hex}"
+    seq = 1
+    agent_track = "outbound" if stereo else "inbound"
+
+    async def send(obj: dict[str, object]) -> None:
+        nonlocal seq
+        await ws.send(json.dumps({**obj, "sequenceNumber": str(seq)}))
+        seq += 1
+
+    await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+    await send(
+        {
+            "event": "start",
+            "streamSid": stream_sid,
+            "start": {
+                "accountSid": "AC" + "0" * 32,
+                "streamSid": stream_sid,
+                "callSid": call_id,
+                "tracks": list(mulaw),
+                "customParameters": {"agent_id": agent_id, "agent_track": agent_track},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+    )
+    n = max(len(b) for b in mulaw.values()) // 160
+    async for i in _paced(n, speed):
+        for track, data in mulaw.items():
+            payload = data[i * 160 : (i + 1) * 160]
+            await send(
+                {
+                    "event": "media",
+                    "streamSid": stream_sid,
+                    "media": {
+                        "track": track,
+                        "chunk": str(i + 1),
+                        "timestamp": str(i * 20),
+                        "payload": base64.b64encode(payload).decode(),
+                    },
+                }
+            )
+            result.frames_sent += 1
+        result.audio_s = (i + 1) * FRAME_S
+    await send({"event": "stop", "streamSid": stream_sid, "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_id}})
+
+
+async def _send_pcm(
+    ws: websockets.ClientConnection,
+    audio: np.ndarray,
+    rate: int,
+    call_id: str,
+    agent_id: str,
+    speed: float,
+    result: ReplayResult,
+) -> None:
+    channels = min(2, audio.shape[1])
+    await ws.send(
+        json.dumps(
+            {
+                "event": "start",
+                "call_id": call_id,
+                "agent_id": agent_id,
+                "sample_rate": rate,
+                "channels": channels,
+                "encoding": "s16le",
+                "channel_map": ["agent", "customer"][:channels],
+            }
+        )
+    )
+    pcm = float_to_pcm16(audio[:, :channels])
+    per_frame = int(rate * FRAME_S)
+    n = -(-len(pcm) // per_frame)
+    async for i in _paced(n, speed):
+        await ws.send(pcm[i * per_frame : (i + 1) * per_frame].astype("<i2").tobytes())
+        result.frames_sent += 1
+        result.audio_s = min(len(pcm), (i + 1) * per_frame) / rate
+    await ws.send(json.dumps({"event": "stop"}))

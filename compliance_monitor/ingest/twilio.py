@@ -1,0 +1,190 @@
+"""Twilio Media Streams (and Telnyx-style) websocket protocol.
+
+Events: ``connected``, ``start`` (streamSid, callSid, tracks, customParameters, mediaFormat),
+``media`` (base64 μ-law 8 kHz, ``track`` inbound/outbound, ``timestamp`` ms since stream start,
+``chunk``), ``dtmf``, ``mark``, ``stop``. With ``<Start><Stream track="both_tracks">`` both parties
+arrive interleaved and are told apart by ``media.track``; each track becomes its own speaker.
+Which track is the collector: ``customParameters.agent_track`` (default ``outbound``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from compliance_monitor.audio.g711 import alaw_decode, ulaw_decode
+from compliance_monitor.audio.resample import StreamResampler, pcm16_to_float
+from compliance_monitor.ingest.base import CloseCode, IngestMessage, ProtocolError, parse_json_object
+from compliance_monitor.messages import AudioChunk, CallEnded, CallStarted, Speaker
+
+_DECODERS = {
+    "audio/x-mulaw": ulaw_decode,
+    "audio/pcmu": ulaw_decode,
+    "audio/x-alaw": alaw_decode,
+    "audio/pcma": alaw_decode,
+}
+_TRACKS = {"inbound", "outbound"}
+_EVENTS = {"connected", "start", "media", "dtmf", "mark", "stop"}
+
+
+class TwilioStreamParser:
+    bridge = "twilio"
+
+    def __init__(self, max_sequence_gap: int = 500) -> None:
+        self.max_sequence_gap = max_sequence_gap
+        self.call_id: str | None = None
+        self.stream_sid: str | None = None
+        self.speakers: dict[str, Speaker] = {}
+        self._decode = ulaw_decode
+        self._rate = 8000
+        self._resamplers: dict[str, StreamResampler] = {}
+        self._last_seq: int | None = None
+        self._last_chunk: dict[str, int] = {}
+        self._samples_seen: dict[str, int] = {}
+        self.ended = False
+        self.marks: list[str] = []
+        self.dtmf: list[str] = []
+
+    def feed_text(self, text: str) -> list[IngestMessage]:
+        msg = parse_json_object(text)
+        event = msg["event"]
+        if event not in _EVENTS:
+            raise ProtocolError("unknown_event", f"unknown event {event!r}")
+        self._check_sequence(msg)
+        return getattr(self, f"_on_{event}")(msg)
+
+    def feed_bytes(self, data: bytes) -> list[IngestMessage]:
+        raise ProtocolError(
+            "binary_frame", "Twilio media streams send JSON text frames only", CloseCode.UNSUPPORTED_DATA
+        )
+
+    # ------------------------------------------------------------------ events
+
+    def _on_connected(self, msg: dict[str, Any]) -> list[IngestMessage]:
+        return []
+
+    def _on_start(self, msg: dict[str, Any]) -> list[IngestMessage]:
+        if self.call_id is not None:
+            raise ProtocolError("duplicate_start", "a second 'start' on the same stream")
+        start = _field(msg, "start", dict)
+        self.stream_sid = str(start.get("streamSid") or msg.get("streamSid") or "")
+        self.call_id = str(start.get("callSid") or self.stream_sid)
+        if not self.call_id:
+            raise ProtocolError(
+                "missing_call_sid", "'start' has neither callSid nor streamSid", CloseCode.INVALID_PAYLOAD
+            )
+        fmt = start.get("mediaFormat") or {}
+        encoding = str(fmt.get("encoding", "audio/x-mulaw")).lower()
+        if encoding not in _DECODERS:
+            raise ProtocolError(
+                "unsupported_encoding",
+                f"media encoding {encoding!r} is not supported (use one of {sorted(_DECODERS)})",
+                CloseCode.UNSUPPORTED_DATA,
+            )
+        self._decode = _DECODERS[encoding]
+        self._rate = int(fmt.get("sampleRate", 8000))
+        if self._rate not in (8000, 16000):
+            raise ProtocolError("unsupported_rate", f"sampleRate {self._rate}", CloseCode.UNSUPPORTED_DATA)
+        params = start.get("customParameters") or {}
+        if not isinstance(params, dict):
+            raise ProtocolError("bad_parameters", "customParameters must be an object", CloseCode.INVALID_PAYLOAD)
+        tracks = start.get("tracks") or ["inbound"]
+        agent_track = str(params.get("agent_track", "outbound"))
+        if agent_track not in _TRACKS or not set(tracks) <= _TRACKS:
+            raise ProtocolError(
+                "bad_tracks", f"tracks {tracks} / agent_track {agent_track!r}", CloseCode.INVALID_PAYLOAD
+            )
+        self.speakers = {t: Speaker.AGENT if t == agent_track else Speaker.CUSTOMER for t in tracks}
+        self._resamplers = {t: StreamResampler(self._rate) for t in tracks}
+        metadata = {
+            "stream_sid": self.stream_sid,
+            "tracks": tracks,
+            "custom_parameters": params,
+            "account_sid": start.get("accountSid"),
+        }
+        return [
+            CallStarted(
+                self.call_id, _opt_str(params.get("agent_id")), self.bridge, tuple(self.speakers.values()), metadata
+            )
+        ]
+
+    def _on_media(self, msg: dict[str, Any]) -> list[IngestMessage]:
+        if self.call_id is None:
+            raise ProtocolError("media_before_start", "'media' before 'start'")
+        media = _field(msg, "media", dict)
+        track = str(media.get("track", "inbound"))
+        if track not in self.speakers:
+            raise ProtocolError("unknown_track", f"track {track!r} was not announced in 'start'")
+        try:
+            payload = base64.b64decode(_field(media, "payload", str), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(
+                "bad_base64", f"media payload is not base64: {exc}", CloseCode.INVALID_PAYLOAD
+            ) from None
+        self._check_chunk(track, media)
+        pcm = pcm16_to_float(self._decode(payload))
+        # Stream time: Twilio's per-track timestamp (ms) when present, so gaps keep their length.
+        if "timestamp" in media:
+            t = float(media["timestamp"]) / 1000.0
+        else:
+            t = self._samples_seen.get(track, 0) / self._rate
+        self._samples_seen[track] = self._samples_seen.get(track, 0) + len(pcm)
+        audio = self._resamplers[track].process(pcm)
+        return [AudioChunk(self.call_id, self.speakers[track], audio, t)] if len(audio) else []
+
+    def _on_dtmf(self, msg: dict[str, Any]) -> list[IngestMessage]:
+        self.dtmf.append(str((msg.get("dtmf") or {}).get("digit", "")))
+        return []
+
+    def _on_mark(self, msg: dict[str, Any]) -> list[IngestMessage]:
+        self.marks.append(str((msg.get("mark") or {}).get("name", "")))
+        return []
+
+    def _on_stop(self, msg: dict[str, Any]) -> list[IngestMessage]:
+        if self.call_id is None:
+            raise ProtocolError("stop_before_start", "'stop' before 'start'")
+        self.ended = True
+        return [CallEnded(self.call_id, "stop")]
+
+    # ------------------------------------------------------------------ ordering
+
+    def _check_sequence(self, msg: dict[str, Any]) -> None:
+        if "sequenceNumber" not in msg:
+            return
+        try:
+            seq = int(msg["sequenceNumber"])
+        except (TypeError, ValueError):
+            raise ProtocolError(
+                "bad_sequence", f"sequenceNumber {msg['sequenceNumber']!r} is not a number", CloseCode.INVALID_PAYLOAD
+            ) from None
+        last = self._last_seq
+        if last is not None and seq <= last:
+            kind = "duplicate_sequence" if seq == last else "out_of_order_sequence"
+            raise ProtocolError(kind, f"sequenceNumber {seq} after {last}")
+        if last is not None and seq - last > self.max_sequence_gap:
+            raise ProtocolError("sequence_gap", f"sequenceNumber jumped from {last} to {seq}")
+        self._last_seq = seq
+
+    def _check_chunk(self, track: str, media: dict[str, Any]) -> None:
+        if "chunk" not in media:
+            return
+        try:
+            chunk = int(media["chunk"])
+        except (TypeError, ValueError):
+            raise ProtocolError("bad_chunk", f"chunk {media['chunk']!r}", CloseCode.INVALID_PAYLOAD) from None
+        last = self._last_chunk.get(track)
+        if last is not None and chunk <= last:
+            raise ProtocolError("out_of_order_chunk", f"{track} chunk {chunk} after {last}")
+        self._last_chunk[track] = chunk
+
+
+def _field(obj: dict[str, Any], name: str, kind: type) -> Any:
+    value = obj.get(name)
+    if not isinstance(value, kind):
+        raise ProtocolError("missing_field", f"'{name}' missing or not a {kind.__name__}", CloseCode.INVALID_PAYLOAD)
+    return value
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value in (None, "") else str(value)

@@ -1,0 +1,213 @@
+"""Typed messages that flow one way through the pipeline.
+
+Internal stage-to-stage messages are frozen dataclasses (cheap, no validation on the hot
+audio path). Everything that leaves the process towards a browser or another service is an
+``Event`` pydantic model, so the wire format has one schema (``GET /api/events/schema``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+
+class Speaker(StrEnum):
+    AGENT = "agent"  # the collector (催收员)
+    CUSTOMER = "customer"  # the debtor or whoever answered
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARN = "warn"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.HIGH: 2, Severity.CRITICAL: 3}
+
+
+class ActionKind(StrEnum):
+    WARN_COLLECTOR = "warn_collector"
+    ALERT_SUPERVISOR = "alert_supervisor"
+    HALT_CALL = "halt_call"
+
+
+# --------------------------------------------------------------------------- stage messages
+
+
+@dataclass(frozen=True, slots=True)
+class CallStarted:
+    call_id: str
+    agent_id: str | None
+    bridge: str
+    speakers: tuple[Speaker, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    wall_time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """PCM for one speaker, already decoded to float32 mono at 16 kHz.
+
+    ``t`` is the stream time (seconds since the call started) of the first sample, so
+    timestamps stay right even when frames are dropped or a track starts late.
+    """
+
+    call_id: str
+    speaker: Speaker
+    pcm: np.ndarray
+    t: float
+
+    @property
+    def duration(self) -> float:
+        return len(self.pcm) / 16_000
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    call_id: str
+    reason: str
+    wall_time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechSegment:
+    """Audio between two VAD boundaries (``final``) or the growing head of one (partial)."""
+
+    call_id: str
+    speaker: Speaker
+    segment_no: int
+    t0: float
+    t1: float
+    audio: np.ndarray
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    call_id: str
+    speaker: Speaker
+    segment_no: int
+    text: str
+    t0: float
+    t1: float
+    final: bool
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+    asr_latency_s: float = 0.0  # from the segment's end (audio time) to the result
+
+
+@dataclass(frozen=True, slots=True)
+class NormalisedText:
+    raw: str
+    text: str  # simplified, half-width, no spaces: what rules and search see
+    digits: str  # as ``text`` with Chinese numerals turned into Arabic digits (PII checks)
+    tokens: tuple[str, ...]  # jieba tokens of ``text``
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    call_id: str
+    speaker: Speaker
+    segment_no: int
+    rule_id: str
+    category: str
+    severity: Severity
+    matched_text: str
+    span: tuple[int, int]  # character offsets into NormalisedText.text
+    t0: float
+    t1: float
+    explanation: str  # for the supervisor
+    collector_explanation: str = ""  # what the collector sees: short, calm, what to do instead
+    source: Literal["rule", "model"] = "rule"
+    score: float = 1.0
+    action_hint: ActionKind | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    call_id: str
+    kind: ActionKind
+    finding: Finding
+    reason: str
+
+
+# --------------------------------------------------------------------------- wire events
+
+
+class _EventBase(BaseModel):
+    call_id: str
+    agent_id: str | None = None
+    ts: float = Field(default_factory=time.time, description="server wall time, Unix seconds")
+
+
+class CallStartedEvent(_EventBase):
+    type: Literal["call_started"] = "call_started"
+    bridge: str
+    speakers: list[Speaker]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class TranscriptEvent(_EventBase):
+    type: Literal["transcript"] = "transcript"
+    speaker: Speaker
+    segment_no: int
+    text: str
+    t0: float
+    t1: float
+    final: bool
+    segment_id: int | None = Field(None, description="archive row id (finals only)")
+
+
+class FindingEvent(_EventBase):
+    type: Literal["finding"] = "finding"
+    finding_id: int
+    speaker: Speaker
+    segment_no: int
+    rule_id: str
+    category: str
+    severity: Severity
+    matched_text: str
+    span: tuple[int, int]
+    t0: float
+    t1: float
+    explanation: str
+    collector_explanation: str
+    source: Literal["rule", "model"]
+    score: float
+
+
+class ActionEvent(_EventBase):
+    type: Literal["action"] = "action"
+    action_id: int
+    action: ActionKind
+    finding_id: int | None
+    category: str | None
+    severity: Severity | None
+    reason: str
+
+
+class CallEndedEvent(_EventBase):
+    type: Literal["call_ended"] = "call_ended"
+    reason: str
+
+
+class ErrorEvent(_EventBase):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+Event = Annotated[
+    CallStartedEvent | TranscriptEvent | FindingEvent | ActionEvent | CallEndedEvent | ErrorEvent,
+    Field(discriminator="type"),
+]

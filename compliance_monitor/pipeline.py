@@ -1,0 +1,316 @@
+"""The live pipeline, in data-flow order, in one place.
+
+    bridge adapter ─AudioChunk→ [per speaker: bounded queue → VAD → ASR (shared scheduler)]
+        ─Transcript→ normalise + jieba → rules → policy → archive (first) → bus (then)
+
+``Services`` holds what all calls share (one ASR model, rules, archive, bus). ``CallSession`` is one
+call: a task per speaker for audio and one for analysis, all cancelled together. ``Monitor`` owns
+the live calls; a call that fails is logged and ended without touching the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from compliance_monitor.archive.sqlite import Archive
+from compliance_monitor.asr.scheduler import AsrScheduler
+from compliance_monitor.asr.stream import SpeakerTranscriber
+from compliance_monitor.bus.memory import InMemoryBus
+from compliance_monitor.config import Settings
+from compliance_monitor.detect.engine import RuleSet
+from compliance_monitor.ingest.base import CloseCode, ProtocolError
+from compliance_monitor.messages import (
+    Action,
+    ActionEvent,
+    ActionKind,
+    AudioChunk,
+    CallEndedEvent,
+    CallStarted,
+    CallStartedEvent,
+    Event,
+    Finding,
+    FindingEvent,
+    NormalisedText,
+    Speaker,
+    Transcript,
+    TranscriptEvent,
+)
+from compliance_monitor.policy.engine import PolicyEngine
+from compliance_monitor.text.normalise import normalise
+from compliance_monitor.text.tokenise import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class CallControl(Protocol):
+    """The bridge side of a call: how to stop it. Implemented by each bridge endpoint."""
+
+    async def halt(self, reason: str) -> bool: ...
+
+
+@dataclass
+class Services:
+    settings: Settings
+    asr: AsrScheduler
+    tokenizer: Tokenizer
+    rules: RuleSet
+    policy: PolicyEngine
+    archive: Archive
+    bus: InMemoryBus
+
+
+class CallSession:
+    def __init__(self, started: CallStarted, services: Services, control: CallControl) -> None:
+        self.started = started
+        self.call_id = started.call_id
+        self.agent_id = started.agent_id
+        self.services = services
+        self.control = control
+        self.halted = False
+        self.chunks_dropped = 0
+        s = services.settings
+        self._audio: dict[Speaker, asyncio.Queue[AudioChunk | None]] = {
+            sp: asyncio.Queue(s.ingest.chunk_queue_size) for sp in started.speakers
+        }
+        self._transcripts: asyncio.Queue[Transcript | None] = asyncio.Queue(256)
+        self._transcribers = {
+            sp: SpeakerTranscriber(self.call_id, sp, services.asr, s.vad, s.asr, self._transcripts)
+            for sp in started.speakers
+        }
+        self._ended = asyncio.Event()
+        self.end_reason = "unknown"
+        self.task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ input side
+
+    async def push(self, chunk: AudioChunk) -> None:
+        """Backpressure: waits while this speaker's queue is full (the bridge reads slower)."""
+        queue = self._audio.get(chunk.speaker)
+        if queue is None:
+            raise ProtocolError("unknown_speaker", f"no stream for speaker {chunk.speaker}")
+        if self._ended.is_set():
+            self.chunks_dropped += 1  # after hang-up or a pipeline failure: nothing reads it
+            return
+        await queue.put(chunk)
+
+    def end_input(self, reason: str) -> None:
+        if self._ended.is_set():
+            return
+        self.end_reason = reason
+        self._ended.set()
+        for queue in self._audio.values():
+            # A full queue needs no sentinel: the speaker loop checks _ended once it has drained it.
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+    # ------------------------------------------------------------------ the stages
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                speakers = [tg.create_task(self._speaker_loop(sp), name=f"{self.call_id}-{sp}") for sp in self._audio]
+                tg.create_task(self._analysis_loop(), name=f"{self.call_id}-analysis")
+                await asyncio.gather(*speakers)
+                await self._transcripts.put(None)
+        finally:
+            for tr in self._transcribers.values():
+                await tr.aclose()
+
+    async def _speaker_loop(self, speaker: Speaker) -> None:
+        queue, transcriber = self._audio[speaker], self._transcribers[speaker]
+        while not (self._ended.is_set() and queue.empty()):
+            chunk = await queue.get()
+            if chunk is None:
+                break
+            batch = [chunk]
+            # Whatever else is already queued goes through VAD in the same executor hop.
+            while not queue.empty():
+                nxt = queue.get_nowait()
+                if nxt is None:
+                    await transcriber.push(batch)
+                    await transcriber.finish()
+                    return
+                batch.append(nxt)
+            await transcriber.push(batch)
+        await transcriber.finish()
+
+    async def _analysis_loop(self) -> None:
+        while (transcript := await self._transcripts.get()) is not None:
+            await self.analyse(transcript)
+
+    async def analyse(self, tr: Transcript) -> None:
+        svc = self.services
+        text = normalise(tr.text, svc.tokenizer)
+        if not text.text:
+            return
+        segment_id = await svc.archive.add_segment(tr, text) if tr.final else None
+        await self._publish(
+            TranscriptEvent(
+                call_id=self.call_id,
+                agent_id=self.agent_id,
+                speaker=tr.speaker,
+                segment_no=tr.segment_no,
+                text=text.text,
+                t0=tr.t0,
+                t1=tr.t1,
+                final=tr.final,
+                segment_id=segment_id,
+            )
+        )
+        if not tr.final:
+            return
+        for finding in svc.rules.detect(tr, text):
+            if svc.policy.is_new(finding):
+                await self._raise(finding, segment_id, text)
+
+    async def _raise(self, finding: Finding, segment_id: int | None, text: NormalisedText) -> None:
+        svc = self.services
+        finding_id = await svc.archive.add_finding(finding, segment_id)
+        await self._publish(
+            FindingEvent(
+                call_id=self.call_id,
+                agent_id=self.agent_id,
+                finding_id=finding_id,
+                speaker=finding.speaker,
+                segment_no=finding.segment_no,
+                rule_id=finding.rule_id,
+                category=finding.category,
+                severity=finding.severity,
+                matched_text=finding.matched_text,
+                span=finding.span,
+                t0=finding.t0,
+                t1=finding.t1,
+                explanation=finding.explanation,
+                collector_explanation=finding.collector_explanation,
+                source=finding.source,
+                score=finding.score,
+            )
+        )
+        for action in svc.policy.decide(finding):
+            await self._act(action, finding_id)
+
+    async def _act(self, action: Action, finding_id: int) -> None:
+        action_id = await self.services.archive.add_action(action, finding_id)
+        await self._publish(
+            ActionEvent(
+                call_id=self.call_id,
+                agent_id=self.agent_id,
+                action_id=action_id,
+                action=action.kind,
+                finding_id=finding_id,
+                category=action.finding.category,
+                severity=action.finding.severity,
+                reason=action.reason,
+            )
+        )
+        if action.kind is ActionKind.HALT_CALL and self.services.settings.policy.auto_halt:
+            await self.halt(action.reason, actor="policy", record=False)
+
+    async def halt(self, reason: str, actor: str, record: bool = True) -> bool:
+        """Stop the call through its bridge. Archived before the bridge is told."""
+        if self.halted:
+            return False
+        self.halted = True
+        if record:
+            action_id = await self.services.archive.add_manual_action(
+                self.call_id, ActionKind.HALT_CALL.value, reason, None, actor
+            )
+            await self._publish(
+                ActionEvent(
+                    call_id=self.call_id,
+                    agent_id=self.agent_id,
+                    action_id=action_id,
+                    action=ActionKind.HALT_CALL,
+                    finding_id=None,
+                    category=None,
+                    severity=None,
+                    reason=f"{actor}: {reason}",
+                )
+            )
+        return await self.control.halt(reason)
+
+    async def _publish(self, event: Event) -> None:
+        await self.services.bus.publish(event)
+
+
+class Monitor:
+    """Owns the live calls. Bridges open and end calls here; the API halts them here."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.calls: dict[str, CallSession] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_call_done: Callable[[CallSession], Awaitable[None]] | None = None
+
+    async def open_call(self, started: CallStarted, control: CallControl) -> CallSession:
+        limit = self.services.settings.ingest.max_live_calls
+        if len(self.calls) >= limit:
+            raise ProtocolError("too_many_calls", f"{limit} live calls already", CloseCode.TRY_AGAIN_LATER)
+        if started.call_id in self.calls:
+            raise ProtocolError("duplicate_call", f"call {started.call_id} is already live")
+        session = CallSession(started, self.services, control)
+        await self.services.archive.start_call(started)
+        self.calls[started.call_id] = session
+        await self.services.bus.publish(
+            CallStartedEvent(
+                call_id=started.call_id,
+                agent_id=started.agent_id,
+                bridge=started.bridge,
+                speakers=list(started.speakers),
+                metadata=started.metadata,
+            )
+        )
+        task = asyncio.create_task(self._run_call(session), name=f"call-{started.call_id}")
+        session.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return session
+
+    async def _run_call(self, session: CallSession) -> None:
+        drain_s = self.services.settings.ingest.drain_timeout_s
+        run = asyncio.create_task(session.run(), name=f"call-{session.call_id}-stages")
+        ended = asyncio.create_task(session._ended.wait())
+        try:
+            await asyncio.wait({run, ended}, return_when=asyncio.FIRST_COMPLETED)
+            # Input is over: everything already accepted is still transcribed, within a deadline.
+            await asyncio.wait_for(run, drain_s)
+        except TimeoutError:
+            log.error("call %s: draining took longer than %.0fs; pending audio dropped", session.call_id, drain_s)
+        except asyncio.CancelledError:
+            run.cancel()
+            raise
+        except Exception:  # one broken call must not take the others down; it is logged with its id
+            log.exception("call %s failed", session.call_id)
+        finally:
+            ended.cancel()
+            session.end_input(session.end_reason if session._ended.is_set() else "pipeline_error")
+            await self._finish(session)
+
+    async def _finish(self, session: CallSession) -> None:
+        svc = self.services
+        self.calls.pop(session.call_id, None)
+        svc.policy.end_call(session.call_id)
+        await svc.archive.end_call(session.call_id, session.end_reason, time.time())
+        await svc.bus.publish(
+            CallEndedEvent(call_id=session.call_id, agent_id=session.agent_id, reason=session.end_reason)
+        )
+        if self.on_call_done:
+            await self.on_call_done(session)
+
+    async def halt(self, call_id: str, reason: str, actor: str) -> bool:
+        session = self.calls.get(call_id)
+        if session is None:
+            return False
+        return await session.halt(reason, actor)
+
+    async def aclose(self) -> None:
+        for session in list(self.calls.values()):
+            session.end_input("server_shutdown")
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,30 @@
+"""Where the data shipped with the project lives (rule packs, console pages, demo audio).
+
+In a wheel they sit under ``compliance_monitor/_data`` (see pyproject's force-include); in an
+editable checkout they are the top-level ``rules/`` and ``ui/`` folders. Never the working dir.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _data_dir(name: str) -> Path:
+    installed = _PACKAGE_DIR / "_data" / name
+    if installed.is_dir():
+        return installed
+    return _PACKAGE_DIR.parent / name
+
+
+def default_rules_dir() -> Path:
+    return _data_dir("rules")
+
+
+def ui_dir() -> Path:
+    return _data_dir("ui")
+
+
+def assets_dir() -> Path:
+    return _PACKAGE_DIR / "assets"

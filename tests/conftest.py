@@ -1,0 +1,96 @@
+"""Shared fixtures: real audio from ../shared, and a real monitor server on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compliance_monitor.config import Settings
+from compliance_monitor.ingest.replay import read_wav
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CM_SHARED_DIR", REPO.parent / "shared"))
+AUDIO = SHARED / "audio"
+DATA = Path(__file__).parent / "data"
+
+# AISHELL-1 test utterances (Apache-2.0) and their reference transcripts.
+AISHELL = {
+    "BAC009S0764W0121.wav": "甚至出现交易几乎停滞的情况",
+    "BAC009S0764W0122.wav": "一二线城市虽然也处于调整中",
+}
+
+
+def load_audio(name: str) -> np.ndarray:
+    audio, rate = read_wav(AUDIO / name)
+    assert rate == 16_000
+    return audio[:, 0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """The real app under uvicorn in a thread with its own event loop, as production runs it."""
+
+    def __init__(self, settings: Settings) -> None:
+        import uvicorn
+
+        from compliance_monitor.api.app import create_app
+
+        self.settings = settings
+        self.port = settings.server.port
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning", ws_max_size=4 * 1024 * 1024
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+def make_settings(tmp: Path, **overrides: object) -> Settings:
+    test_rules = DATA / "test_rules.yaml"
+    base: dict[str, object] = {
+        "server": {"host": "127.0.0.1", "port": free_port()},
+        "archive": {"path": tmp / "archive.sqlite3"},
+        "asr": {"cache_dir": Path.home() / ".cache" / "compliance-monitor"},
+        "rules": {"extra_files": [test_rules]},
+    }
+    base.update(overrides)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with LiveServer(make_settings(tmp_path_factory.mktemp("server"))) as server:
+        yield server
