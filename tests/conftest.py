@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from compliance_monitor.audio.wavfile import read_wav
 from compliance_monitor.config import Settings
-from compliance_monitor.ingest.replay import read_wav
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CM_SHARED_DIR", REPO.parent / "shared"))

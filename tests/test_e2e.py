@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import struct
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import websockets
 
-from compliance_monitor.audio.resample import float_to_pcm16
+from compliance_monitor.audio.wavfile import write_wav
 from compliance_monitor.ingest.replay import replay
 from tests.cer import cer
 from tests.conftest import AISHELL, AUDIO, LiveServer, load_audio
@@ -25,23 +24,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 # Measured on this 2-core machine through the Twilio path (8 kHz μ-law): 0.077 and 0.0 on the two
 # clips (whisper-base, beam 5, 500-frame encoder window). The gate leaves room for one more error.
 MAX_CER_TELEPHONE = 0.2
-
-
-def write_wav(path: Path, audio: np.ndarray, rate: int = 16_000) -> Path:
-    pcm = float_to_pcm16(audio.reshape(len(audio), -1))
-    channels = pcm.shape[1]
-    data = pcm.astype("<i2").tobytes()
-    header = (
-        b"RIFF"
-        + struct.pack("<I", 36 + len(data))
-        + b"WAVE"
-        + b"fmt "
-        + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * channels * 2, channels * 2, 16)
-        + b"data"
-        + struct.pack("<I", len(data))
-    )
-    path.write_bytes(header + data)
-    return path
 
 
 def finals(events: list[dict], speaker: str | None = None) -> list[dict]:

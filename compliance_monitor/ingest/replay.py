@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import websockets
 
-from compliance_monitor.audio.g711 import alaw_decode, ulaw_decode, ulaw_encode
-from compliance_monitor.audio.resample import float_to_pcm16, pcm16_to_float, resample
+from compliance_monitor.audio.g711 import ulaw_encode
+from compliance_monitor.audio.resample import float_to_pcm16, resample
+from compliance_monitor.audio.wavfile import read_wav
 
 FRAME_S = 0.02
-_WAVE_PCM, _WAVE_ALAW, _WAVE_MULAW = 1, 6, 7
 
 
 @dataclass
@@ -36,36 +35,6 @@ class ReplayResult:
     closed_code: int | None = None
     server_messages: list[dict[str, object]] = field(default_factory=list)
     ended_at: float = 0.0  # time.time() when the last frame was sent
-
-
-def _chunks(raw: bytes) -> dict[bytes, bytes]:
-    """The RIFF chunks of a WAVE file by id (fmt, fact, data, ...)."""
-    if raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
-        raise ValueError("not a RIFF/WAVE file")
-    chunks, pos = {}, 12
-    while pos + 8 <= len(raw):
-        cid, size = raw[pos : pos + 4], struct.unpack_from("<I", raw, pos + 4)[0]
-        chunks.setdefault(cid, raw[pos + 8 : pos + 8 + size])
-        pos += 8 + size + (size & 1)
-    return chunks
-
-
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    """(samples float32 [n, channels], rate). Reads PCM16 and G.711 (μ-law / A-law) WAVs."""
-    chunks = _chunks(path.read_bytes())
-    if b"fmt " not in chunks or b"data" not in chunks:
-        raise ValueError(f"{path}: WAVE file without fmt or data chunk")
-    tag, channels, rate = struct.unpack_from("<HHI", chunks[b"fmt "])
-    bits = struct.unpack_from("<H", chunks[b"fmt "], 14)[0]
-    data = chunks[b"data"]
-    if tag == _WAVE_PCM and bits == 16:
-        pcm = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2")
-    elif tag in (_WAVE_MULAW, _WAVE_ALAW):
-        pcm = (ulaw_decode if tag == _WAVE_MULAW else alaw_decode)(data)
-    else:
-        raise ValueError(f"{path}: WAVE format {tag}/{bits} bit is not supported (PCM16, μ-law, A-law)")
-    frames = len(pcm) // channels
-    return pcm16_to_float(pcm[: frames * channels]).reshape(frames, channels), int(rate)
 
 
 async def _paced(n_frames: int, speed: float) -> AsyncIterator[int]:
