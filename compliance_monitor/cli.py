@@ -99,6 +99,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mic(args: argparse.Namespace) -> int:
+    from compliance_monitor.ingest.mic import stream_microphone
+
+    stats = asyncio.run(
+        stream_microphone(
+            args.url or _default_url("pcm"),
+            device=args.device,
+            call_id=args.call_id,
+            agent_id=args.agent_id,
+            seconds=args.seconds,
+        )
+    )
+    print(json.dumps({"frames_sent": stats.frames_sent, "frames_dropped": stats.frames_dropped}))
+    return 0
+
+
 def _default_url(bridge: str, host: str = "127.0.0.1", port: int = 8000) -> str:
     return f"ws://{host}:{port}/bridge/{bridge}"
 
@@ -168,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--agent-id", default="A1001")
     rep.add_argument("--token", help="bridge token, if the server requires one")
     rep.set_defaults(func=cmd_replay)
+
+    mic = sub.add_parser("mic", help="stream a local microphone into a running monitor (PCM bridge)")
+    mic.add_argument("--url", help="default ws://127.0.0.1:8000/bridge/pcm")
+    mic.add_argument("--device", help="input device name or index (python -m sounddevice lists them)")
+    mic.add_argument("--call-id")
+    mic.add_argument("--agent-id", default="A1001")
+    mic.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C)")
+    mic.set_defaults(func=cmd_mic)
 
     demo = sub.add_parser("demo", help="serve and stream a bundled collection call through the bridge")
     demo.add_argument("--host")

@@ -123,7 +123,7 @@ class Finding:
     category: str
     severity: Severity
     matched_text: str
-    span: tuple[int, int]  # character offsets into NormalisedText.text
+    span: tuple[int, int]  # offsets into NormalisedText.text (.digits for rules on the digits field)
     t0: float
     t1: float
     explanation: str  # for the supervisor

@@ -129,6 +129,14 @@ async def run_round(ws_base: str, http_base: str, plan: CallPlan, n: int) -> Rou
             await asyncio.wait_for(all_ended.wait(), 60)
         result.wall_s = time.time() - t0
         listener.cancel()
+        if os.environ.get("BENCH_DEBUG"):  # the event timeline per call, seconds from the round's start
+            for cid in call_ids:
+                print(
+                    [
+                        (round(w - t0, 2), e["type"], e.get("t0"), e.get("t1"), e.get("text", "")[:12])
+                        for w, e in events.get(cid, [])
+                    ]
+                )
     async with httpx.AsyncClient(base_url=http_base) as http:
         after = (await http.get("/api/stats")).json()["asr"]
     busy, audio = after["busy_s"] - before["busy_s"], after["audio_s"] - before["audio_s"]

@@ -46,7 +46,7 @@ def reference_alaw_to_linear(code: int) -> int:
 
 @pytest.mark.parametrize(
     ("code", "value"),
-    [(0xFF, 0), (0x7F, 0), (0x00, -32124), (0x80, 32124), (0xFE, -8), (0x7E, 8), (0xF0, -120), (0x70, 120)],
+    [(0xFF, 0), (0x7F, 0), (0x00, -32124), (0x80, 32124), (0xFE, 8), (0x7E, -8), (0xF0, 120), (0x70, -120)],
 )
 def test_ulaw_decode_known_values(code: int, value: int) -> None:
     assert int(ulaw_decode(bytes([code]))[0]) == value

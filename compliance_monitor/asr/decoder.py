@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 FULL_WINDOW = 3000  # mel frames = 30 s
 FRAMES_PER_SECOND = 100
 FALLBACK_TEMPERATURES = (0.4, 0.8)
+TOKENS_PER_SECOND = 12
+MIN_NEW_TOKENS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,12 @@ class DecodeRequest:
     audio: np.ndarray  # float32, 16 kHz
     beam_size: int
     prompt_text: str | None = None  # previous final of the same speaker, for context
+    fallback: bool = True  # re-decode by sampling when the greedy/beam result fails the guards
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Mandarin runs ~5 syllables/s; cap tokens by duration so a hallucination cannot run on."""
+        return int(MIN_NEW_TOKENS + TOKENS_PER_SECOND * len(self.audio) / 16_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +148,7 @@ class WhisperDecoder:
                 results[i] = res
         for i, res in enumerate(results):
             assert res is not None
-            if res.rejected in {"repetition", "low_confidence"}:
+            if res.rejected in {"repetition", "low_confidence"} and requests[i].fallback:
                 results[i] = self._fallback(requests[i]) or res
         return [r for r in results if r is not None]
 
@@ -152,11 +160,13 @@ class WhisperDecoder:
             if temperature == 0.0
             else {"beam_size": 1, "num_hypotheses": 1, "sampling_topk": 0, "sampling_temperature": temperature}
         )
+        prompts = [self._prompt(r.prompt_text) for r in requests]
+        max_length = max(len(p) + r.max_new_tokens for p, r in zip(prompts, requests, strict=True))
         outputs = self.model.model.generate(
             features,
-            [self._prompt(r.prompt_text) for r in requests],
+            prompts,
             length_penalty=1.0,
-            max_length=self.model.max_length,
+            max_length=min(self.model.max_length, max_length),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,

@@ -23,6 +23,7 @@ from compliance_monitor.config import AsrSettings
 log = logging.getLogger(__name__)
 
 StreamKey = tuple[str, str]  # (call_id, speaker)
+SLOW_BATCH_S = 1.5
 
 
 @dataclass(slots=True)
@@ -157,7 +158,10 @@ class AsrScheduler:
                     if not job.future.done():
                         job.future.set_exception(exc)
                 continue
-            self._note_done(batch, time.monotonic() - started)
+            busy = time.monotonic() - started
+            if busy > SLOW_BATCH_S:
+                log.warning("ASR batch of %d (%.1fs audio) took %.2fs", len(batch), sum(j.audio_s for j in batch), busy)
+            self._note_done(batch, busy)
             for job, result in zip(batch, results, strict=True):
                 if not job.future.done():
                     job.future.set_result(result)

@@ -58,7 +58,7 @@ class StreamResampler:
         if self.src_rate == self.dst_rate:
             return np.zeros(0, dtype=np.float32)
         buf_end = self._buf_start + len(self._buf)
-        return self._emit_until(buf_end * self.up // self.down)
+        return self._emit_until(-(-buf_end * self.up // self.down))  # round up, as resample_poly does
 
     def _emit_until(self, out_end: int) -> np.ndarray:
         if out_end <= self._emitted or not len(self._buf):

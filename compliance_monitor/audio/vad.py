@@ -109,8 +109,9 @@ class SpeechSegmenter:
                 self._speech_run = 0
                 speech_end = (self._windows_seen - self._silence_run) * WINDOW_S
                 yield SegmentEvent("end", min(self.now, speech_end + pad))
-                if too_long and self._silence_run < min_silence:
-                    # Cut a long turn but keep listening: the speaker is still talking.
+                if too_long and self._silence_run == 0:
+                    # Cut a long turn mid-word and keep listening: the speaker is still talking. In a
+                    # short pause we just end here; the next word opens a segment the usual way.
                     self.in_speech = True
                     self._segment_start_window = self._windows_seen
                     yield SegmentEvent("start", self.now)

@@ -33,14 +33,24 @@ class MatchSpec(_Strict):
         default_factory=list, description="phrases that, present in the same segment, cancel the match"
     )
 
+    @field_validator("keywords", "unless")
+    @classmethod
+    def _no_blank_phrases(cls, phrases: list[str]) -> list[str]:
+        # '' would match everywhere: a keyword firing on every segment, an `unless` disabling the rule.
+        if any(not p.strip() for p in phrases):
+            raise ValueError("phrases must not be empty or blank")
+        return phrases
+
     @field_validator("regex")
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
             try:
-                re.compile(pattern)
+                compiled = re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"bad regex {pattern!r}: {exc}") from exc
+            if compiled.search(""):
+                raise ValueError(f"regex {pattern!r} matches the empty string, so it would fire on every segment")
         return patterns
 
     @model_validator(mode="after")

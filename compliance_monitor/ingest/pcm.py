@@ -64,11 +64,11 @@ class PcmStreamParser:
                 CloseCode.UNSUPPORTED_DATA,
             )
         rate, channels = msg.get("sample_rate", 16000), msg.get("channels", 1)
-        if rate not in _RATES:
+        if not isinstance(rate, int) or rate not in _RATES:
             raise ProtocolError(
                 "unsupported_rate", f"sample_rate {rate!r}; use one of {sorted(_RATES)}", CloseCode.UNSUPPORTED_DATA
             )
-        if channels not in (1, 2):
+        if not isinstance(channels, int) or channels not in (1, 2):
             raise ProtocolError("bad_channels", f"channels {channels!r}: 1 or 2", CloseCode.UNSUPPORTED_DATA)
         default_map = ["agent", "customer"][:channels] if channels == 2 else ["agent"]
         raw_map = msg.get("channel_map", default_map)

@@ -75,6 +75,8 @@ class TwilioStreamParser:
                 "missing_call_sid", "'start' has neither callSid nor streamSid", CloseCode.INVALID_PAYLOAD
             )
         fmt = start.get("mediaFormat") or {}
+        if not isinstance(fmt, dict):
+            raise ProtocolError("bad_media_format", "mediaFormat must be an object", CloseCode.INVALID_PAYLOAD)
         encoding = str(fmt.get("encoding", "audio/x-mulaw")).lower()
         if encoding not in _DECODERS:
             raise ProtocolError(
@@ -83,13 +85,15 @@ class TwilioStreamParser:
                 CloseCode.UNSUPPORTED_DATA,
             )
         self._decode = _DECODERS[encoding]
-        self._rate = int(fmt.get("sampleRate", 8000))
+        self._rate = int(_number(fmt.get("sampleRate", 8000), "sampleRate"))
         if self._rate not in (8000, 16000):
             raise ProtocolError("unsupported_rate", f"sampleRate {self._rate}", CloseCode.UNSUPPORTED_DATA)
         params = start.get("customParameters") or {}
         if not isinstance(params, dict):
             raise ProtocolError("bad_parameters", "customParameters must be an object", CloseCode.INVALID_PAYLOAD)
         tracks = start.get("tracks") or ["inbound"]
+        if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
+            raise ProtocolError("bad_tracks", "tracks must be a list of track names", CloseCode.INVALID_PAYLOAD)
         agent_track = str(params.get("agent_track", "outbound"))
         if agent_track not in _TRACKS or not set(tracks) <= _TRACKS:
             raise ProtocolError(
@@ -126,7 +130,7 @@ class TwilioStreamParser:
         pcm = pcm16_to_float(self._decode(payload))
         # Stream time: Twilio's per-track timestamp (ms) when present, so gaps keep their length.
         if "timestamp" in media:
-            t = float(media["timestamp"]) / 1000.0
+            t = _number(media["timestamp"], "timestamp") / 1000.0
         else:
             t = self._samples_seen.get(track, 0) / self._rate
         self._samples_seen[track] = self._samples_seen.get(track, 0) + len(pcm)
@@ -184,6 +188,17 @@ def _field(obj: dict[str, Any], name: str, kind: type) -> Any:
     if not isinstance(value, kind):
         raise ProtocolError("missing_field", f"'{name}' missing or not a {kind.__name__}", CloseCode.INVALID_PAYLOAD)
     return value
+
+
+def _number(value: object, name: str) -> float:
+    """A numeric field (Twilio sends numbers as strings); anything else is bad input, not a crash."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ProtocolError("bad_number", f"{name} {value!r} is not a number", CloseCode.INVALID_PAYLOAD) from None
+    if number != number or number in (float("inf"), float("-inf")) or number < 0:
+        raise ProtocolError("bad_number", f"{name} {value!r} is out of range", CloseCode.INVALID_PAYLOAD)
+    return number
 
 
 def _opt_str(value: object) -> str | None:

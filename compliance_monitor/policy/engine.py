@@ -58,8 +58,9 @@ class PolicyEngine:
             wanted.append((ActionKind.WARN_COLLECTOR, f"collector warned: {label}"))
         if rank >= Severity(self.s.alert_supervisor_at).rank or finding.action_hint is ActionKind.ALERT_SUPERVISOR:
             wanted.append((ActionKind.ALERT_SUPERVISOR, f"supervisor alerted: {label}"))
-        halt_wanted = finding.action_hint is ActionKind.HALT_CALL or (
-            self.s.halt_at != "never" and rank >= Severity(self.s.halt_at).rank
+        # halt_at "never" wins over a rule's halt hint: some deployments only ever let people halt.
+        halt_wanted = self.s.halt_at != "never" and (
+            finding.action_hint is ActionKind.HALT_CALL or rank >= Severity(self.s.halt_at).rank
         )
         if finding.speaker is Speaker.AGENT and halt_wanted:
             how = "halting automatically" if self.s.auto_halt else "halt recommended, supervisor to confirm"
