@@ -33,8 +33,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 async def _serve(settings: Settings, until: asyncio.Future[None] | None = None) -> None:
     import uvicorn
 
-    from compliance_monitor.api.app import create_app
+    from compliance_monitor.api.app import create_app, preflight
 
+    preflight(settings)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.server.host,

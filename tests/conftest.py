@@ -28,6 +28,11 @@ AISHELL = {
 }
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not AUDIO.is_dir():
+        pytest.exit(f"test audio not found: {AUDIO} (../shared beside the checkout, or set CM_SHARED_DIR)", 2)
+
+
 def load_audio(name: str) -> np.ndarray:
     audio, rate = read_wav(AUDIO / name)
     assert rate == 16_000

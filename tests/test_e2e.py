@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import websockets
 
+from compliance_monitor.audio.resample import float_to_pcm16
 from compliance_monitor.audio.wavfile import write_wav
 from compliance_monitor.ingest.replay import replay
 from tests.cer import cer
@@ -223,3 +224,39 @@ async def test_collector_feed_only_carries_own_calls_and_supervisor_can_halt(
     halts = [e for e in console.for_call("pcm-halt", "action") if e["action"] == "halt_call"]
     assert any("test halt" in e["reason"] for e in halts)
     assert console.for_call("pcm-halt", "call_ended")[0]["reason"] == "halted"
+
+
+async def test_abrupt_hangup_still_transcribes_what_was_accepted(live_server: LiveServer) -> None:
+    audio = load_audio("BAC009S0764W0121.wav")
+    pcm = float_to_pcm16(audio).astype("<i2").tobytes()
+    start = {"event": "start", "call_id": "pcm-hangup", "agent_id": "A-h", "sample_rate": 16_000, "channels": 1}
+    async with record_feed(f"{live_server.ws}/ws/console") as feed:
+        async with websockets.connect(f"{live_server.ws}/bridge/pcm") as ws:
+            await ws.send(json.dumps(start))
+            for i in range(0, len(pcm), 6400):  # 200 ms frames, as fast as possible, then drop the line
+                await ws.send(pcm[i : i + 6400])
+        events = await feed.wait_call_ended("pcm-hangup")
+    assert events[-1]["reason"] == "hangup"
+    assert cer("".join(e["text"] for e in finals(events)), AISHELL["BAC009S0764W0121.wav"]) <= MAX_CER_TELEPHONE
+
+
+async def test_concurrent_calls_share_the_model_and_stay_apart(live_server: LiveServer) -> None:
+    clips = sorted(AISHELL)
+    async with record_feed(f"{live_server.ws}/ws/console") as feed:
+        await asyncio.gather(
+            *(
+                replay(
+                    AUDIO / clip,
+                    f"{live_server.ws}/bridge/twilio",
+                    speed=1.0,
+                    call_id=f"CA-conc-{i}",
+                    tail_silence_s=0.5,
+                )
+                for i, clip in enumerate(clips * 2)
+            )
+        )
+        for i in range(4):
+            await feed.wait_call_ended(f"CA-conc-{i}")
+    for i, clip in enumerate(clips * 2):
+        text = "".join(e["text"] for e in finals(feed.for_call(f"CA-conc-{i}")))
+        assert cer(text, AISHELL[clip]) <= MAX_CER_TELEPHONE, (i, text)

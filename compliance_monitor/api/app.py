@@ -36,6 +36,13 @@ def default_decoder_factory(settings: Settings) -> DecoderFactory:
     return build
 
 
+def preflight(settings: Settings) -> None:
+    """Fail fast, with a one-line reason, on what would stop the server starting: model, rules."""
+    resolve_model(settings.asr.model, settings.asr.cache_dir)
+    RuleSet(settings.rules)
+    Tokenizer(settings.rules.dir / settings.rules.user_dict)
+
+
 async def build_services(settings: Settings, decoder_factory: DecoderFactory | None = None) -> Services:
     # Fail fast on configuration (model, rules) before accepting any call.
     tokenizer = Tokenizer(settings.rules.dir / settings.rules.user_dict)

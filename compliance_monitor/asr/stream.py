@@ -107,8 +107,8 @@ class SpeakerTranscriber:
         if not parts:
             return np.zeros(0, dtype=np.float32)
         audio = np.concatenate(parts)
+        # No trimming here: VAD has not seen this audio yet, and a start it finds may lie anywhere in it.
         self._buffer = np.concatenate([self._buffer, audio])
-        self._trim()
         return audio
 
     def _trim(self) -> None:
