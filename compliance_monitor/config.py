@@ -79,6 +79,8 @@ class RulesSettings(BaseModel):
     packs: list[str] = Field(default_factory=lambda: ["cn_collection"])
     extra_files: list[Path] = Field(default_factory=list, description="more rule pack files to load")
     user_dict: str = "user_dict.txt"
+    default_timezone: str = Field("Asia/Shanghai", description="debtor time zone when the call does not say")
+    watch: bool = Field(True, description="reload rule packs when their files change")
 
 
 class PolicySettings(BaseModel):

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,7 +23,9 @@ from compliance_monitor.archive.sqlite import Archive
 from compliance_monitor.asr.scheduler import AsrScheduler
 from compliance_monitor.asr.stream import SpeakerTranscriber
 from compliance_monitor.bus.memory import InMemoryBus
+from compliance_monitor.bus.redis_bus import RedisBus
 from compliance_monitor.config import Settings
+from compliance_monitor.detect.calls import OmissionTracker, check_call_start, debtor_info, local_midnight
 from compliance_monitor.detect.engine import RuleSet
 from compliance_monitor.ingest.base import CloseCode, ProtocolError
 from compliance_monitor.messages import (
@@ -62,7 +65,7 @@ class Services:
     rules: RuleSet
     policy: PolicyEngine
     archive: Archive
-    bus: InMemoryBus
+    bus: InMemoryBus | RedisBus
 
 
 class CallSession:
@@ -83,6 +86,13 @@ class CallSession:
             sp: SpeakerTranscriber(self.call_id, sp, services.asr, s.vad, s.asr, self._transcripts)
             for sp in started.speakers
         }
+        engine = services.rules.engine
+        self._omissions = OmissionTracker(self.call_id, engine.omission_rules)
+        # Recent finals per speaker, for rules that match across consecutive segments.
+        self._context: dict[Speaker, deque[NormalisedText]] = {
+            sp: deque(maxlen=max(1, engine.max_context - 1)) for sp in started.speakers
+        }
+        self._last_t = 0.0
         self._ended = asyncio.Event()
         self.end_reason = "unknown"
         self.task: asyncio.Task[None] | None = None
@@ -143,6 +153,22 @@ class CallSession:
     async def _analysis_loop(self) -> None:
         while (transcript := await self._transcripts.get()) is not None:
             await self.analyse(transcript)
+        for finding in self._omissions.due(self._last_t, call_over=True):
+            await self._raise(finding, None)
+
+    async def check_call_start(self) -> None:
+        """Calling hours and frequency, in the debtor's local time, before any audio is analysed."""
+        svc = self.services
+        rules = svc.rules.engine.call_start_rules
+        if not rules:
+            return
+        debtor_id, tz = debtor_info(self.started, svc.settings.rules.default_timezone)
+        calls_today = None
+        if debtor_id is not None:
+            since = local_midnight(self.started.wall_time, tz)
+            calls_today = await svc.archive.count_calls(debtor_id, since)
+        for finding in check_call_start(rules, self.started, tz, calls_today):
+            await self._raise(finding, None)
 
     async def analyse(self, tr: Transcript) -> None:
         svc = self.services
@@ -163,13 +189,18 @@ class CallSession:
                 segment_id=segment_id,
             )
         )
-        if not tr.final:
-            return
-        for finding in svc.rules.detect(tr, text):
-            if svc.policy.is_new(finding):
-                await self._raise(finding, segment_id, text)
+        self._last_t = max(self._last_t, tr.t1)
+        if tr.final:
+            context = self._context[tr.speaker]
+            for finding in svc.rules.detect(tr, text, tuple(context)):
+                if svc.policy.is_new(finding):
+                    await self._raise(finding, segment_id)
+            context.append(text)
+            self._omissions.observe(tr.speaker, tr.t0, text)
+        for finding in self._omissions.due(self._last_t):
+            await self._raise(finding, None)
 
-    async def _raise(self, finding: Finding, segment_id: int | None, text: NormalisedText) -> None:
+    async def _raise(self, finding: Finding, segment_id: int | None) -> None:
         svc = self.services
         finding_id = await svc.archive.add_finding(finding, segment_id)
         await self._publish(
@@ -266,6 +297,7 @@ class Monitor:
                 metadata=started.metadata,
             )
         )
+        await session.check_call_start()
         task = asyncio.create_task(self._run_call(session), name=f"call-{started.call_id}")
         session.task = task
         self._tasks.add(task)

@@ -54,7 +54,9 @@ def test_unavailable_model_is_a_one_line_error(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_invalid_rule_pack_is_reported_with_its_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("pack: bad\nversion: 1\nlanguage: zh\nrules:\n  - id: x.y\n    category: threat\n    severty: high\n")
+    bad.write_text(
+        "pack: bad\nversion: 1\nlanguage: zh\nrules:\n  - id: x.y\n    category: threat\n    severty: high\n"
+    )
     env = {"CM_RULES__EXTRA_FILES": json.dumps([str(bad)]), "CM_ARCHIVE__PATH": str(tmp_path / "a.db")}
     done = run_cli("serve", "--port", str(free_port()), env=env, timeout=60)
     assert done.returncode == 2

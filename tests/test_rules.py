@@ -23,6 +23,7 @@ RULES = Path(__file__).parents[1] / "rules"
 PACK_FILE = RULES / "cn_collection.yaml"
 
 CATEGORIES = ("threat", "abuse", "impersonation", "third_party_disclosure", "privacy_leak", "customer_abuse")
+CALL_LEVEL_CATEGORIES = ("missing_disclosure", "calling_hours", "call_frequency")
 CN_DIGITS = "零幺二三四五六七八九"  # 幺 for 1, as digits are read out on the phone
 
 
@@ -42,7 +43,7 @@ def engine(pack: RulePack) -> RuleEngine:
 
 
 def fired(engine: RuleEngine, tokenizer: Tokenizer, sentence: str, speaker: Speaker = Speaker.AGENT) -> set[str]:
-    return {rule.id for rule, _, _ in engine.match(normalise(sentence, tokenizer), speaker)}
+    return {m.rule.id for m in engine.match(normalise(sentence, tokenizer), speaker)}
 
 
 def spoken(digits: str) -> str:
@@ -73,7 +74,7 @@ POSITIVES: dict[str, list[str]] = {
     "disclosure.tell_family_or_work": ["我会告诉你家人你欠钱的事", "我们会打你通讯录里的每一个人"],
     "disclosure.third_party_call": ["你儿子欠了我们三万块，你知道吗", "你老婆欠的钱你得帮她还钱"],
     "privacy.id_number": [],  # built from a computed ID number below
-    "privacy.bank_card": ["您尾号的卡号是六二二二零二幺二三四五六七八九零幺"],
+    "privacy.bank_card": ["您尾号的卡号是六二二二零二幺二三四五六七八九零幺二"],  # 18 digits, Luhn-valid
     "privacy.mobile_number": ["他的手机是幺三八零零幺三八零零零", "你打这个号码13912345678"],
     "customer.abuse": ["你们这帮吸血鬼", "滚蛋，别再打来了"],
 }
@@ -109,13 +110,13 @@ NEGATED_REASSURANCES = [
 def test_pack_loads(pack: RulePack, engine: RuleEngine) -> None:
     assert pack.pack == "cn_collection"
     assert pack.version >= 1
-    assert {r.category for r in pack.rules} == set(CATEGORIES)
+    assert {r.category for r in pack.rules} == {*CATEGORIES, *CALL_LEVEL_CATEGORIES}
     assert engine.rule_count == len([r for r in pack.rules if r.enabled])
 
 
 def test_every_rule_has_explicit_positives(pack: RulePack) -> None:
     # A rule added to the pack must get sentences here too.
-    assert {r.id for r in pack.rules} == set(POSITIVES)
+    assert {r.id for r in pack.rules if r.kind == "utterance"} == set(POSITIVES)
 
 
 @pytest.mark.parametrize(("rule_id", "sentence"), [(rid, s) for rid, sentences in POSITIVES.items() for s in sentences])
@@ -182,7 +183,7 @@ def test_spoken_id_number_fires(engine: RuleEngine, tokenizer: Tokenizer, first1
     text = normalise(f"您的身份证号码是{spoken(id_number)}对吧", tokenizer)
     assert id_number in text.digits  # the digits field carries the number
     assert id_number not in text.text
-    hits = {rule.id: matched for rule, matched, _ in engine.match(text, Speaker.AGENT)}
+    hits = {m.rule.id: m.matched_text for m in engine.match(text, Speaker.AGENT)}
     assert hits.get("privacy.id_number") == id_number
     assert "privacy.mobile_number" not in hits  # 11 digits inside an ID must not count as a phone
 
@@ -192,15 +193,20 @@ def test_id_check_digit_helper() -> None:
 
 
 def test_spoken_bank_card_fires(engine: RuleEngine, tokenizer: Tokenizer) -> None:
-    card = "6222021234567890"
+    card = "6222021234567894"  # Luhn check digit 4
     text = normalise(f"卡号{spoken(card)}", tokenizer)
-    hits = {rule.id: matched for rule, matched, _ in engine.match(text, Speaker.AGENT)}
+    hits = {m.rule.id: m.matched_text for m in engine.match(text, Speaker.AGENT)}
     assert hits.get("privacy.bank_card") == card
+
+
+def test_number_failing_luhn_is_not_a_bank_card(engine: RuleEngine, tokenizer: Tokenizer) -> None:
+    text = normalise(f"订单号{spoken('6222021234567890')}", tokenizer)  # same digits, wrong check digit
+    assert "privacy.bank_card" not in {m.rule.id for m in engine.match(text, Speaker.AGENT)}
 
 
 def test_spoken_mobile_number_fires(engine: RuleEngine, tokenizer: Tokenizer) -> None:
     text = normalise("你记一下幺八六 幺二三四 五六七八", tokenizer)  # read in groups, spaces from ASR
-    hits = {rule.id: matched for rule, matched, _ in engine.match(text, Speaker.AGENT)}
+    hits = {m.rule.id: m.matched_text for m in engine.match(text, Speaker.AGENT)}
     assert hits.get("privacy.mobile_number") == "18612345678"
     assert engine.rule("privacy.mobile_number").severity is Severity.WARN
 
@@ -402,7 +408,7 @@ def test_duplicate_rule_ids_are_an_error(tmp_path: Path) -> None:
 def test_empty_match_is_an_error(tmp_path: Path, match: str) -> None:
     path = write(tmp_path, PACK_HEAD + rule_yaml("t.one", match))
     (error,) = load_errors(path)
-    assert "at least one keyword or regex" in error
+    assert "at least one of keywords, regex, tokens or near" in error
 
 
 @pytest.mark.parametrize(

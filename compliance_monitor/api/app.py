@@ -16,7 +16,8 @@ from compliance_monitor.asr.decoder import WhisperDecoder
 from compliance_monitor.asr.scheduler import AsrScheduler
 from compliance_monitor.asr.weights import resolve_model
 from compliance_monitor.bus.memory import InMemoryBus
-from compliance_monitor.config import Settings
+from compliance_monitor.bus.redis_bus import RedisBus
+from compliance_monitor.config import BusSettings, Settings
 from compliance_monitor.detect.engine import RuleSet
 from compliance_monitor.pipeline import Monitor, Services
 from compliance_monitor.policy.engine import PolicyEngine
@@ -51,11 +52,21 @@ async def build_services(settings: Settings, decoder_factory: DecoderFactory | N
     await asr.start()
     archive = Archive(settings.archive.path, tokenizer.cut_for_search)
     await archive.open()
-    bus = InMemoryBus(settings.bus.subscriber_queue_size, settings.bus.replay_events_per_call)
+    bus = build_bus(settings.bus)
+    if isinstance(bus, RedisBus):
+        await bus.start()  # raises RedisBusUnavailable (naming host:port) when Redis is unreachable
     log.info(
         "monitor ready: ASR on %s, %d rules, archive %s", asr.device, rules.engine.rule_count, settings.archive.path
     )
     return Services(settings, asr, tokenizer, rules, PolicyEngine(settings.policy), archive, bus)
+
+
+def build_bus(settings: BusSettings) -> InMemoryBus | RedisBus:
+    if settings.backend == "redis":
+        return RedisBus(
+            settings.redis_url, settings.stream_prefix, settings.subscriber_queue_size, settings.replay_events_per_call
+        )
+    return InMemoryBus(settings.subscriber_queue_size, settings.replay_events_per_call)
 
 
 def create_app(settings: Settings, decoder_factory: DecoderFactory | None = None) -> FastAPI:

@@ -235,6 +235,19 @@ class Archive:
 
         return await self._run(read)
 
+    async def count_calls(self, debtor_id: str, since: float) -> int:
+        """Calls to this debtor started since ``since`` (this one included), for frequency rules."""
+
+        def read() -> int:
+            row = self.db.execute(
+                "SELECT COUNT(*) FROM calls WHERE started_at >= ? AND (json_extract(metadata, '$.debtor_id') = ? "
+                "OR json_extract(metadata, '$.custom_parameters.debtor_id') = ?)",
+                (since, debtor_id, debtor_id),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(read)
+
     async def get_call(self, call_id: str) -> dict[str, Any] | None:
         def read() -> dict[str, Any] | None:
             call = self.db.execute("SELECT * FROM calls WHERE call_id=?", (call_id,)).fetchone()

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 import uuid
@@ -61,6 +62,8 @@ EVENTS: pydantic.TypeAdapter[Event] = pydantic.TypeAdapter(Event)
 FIELD = "e"
 READ_BLOCK_MS = 5_000
 READ_COUNT = 256
+
+XReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]  # with protocol=2
 
 # Atomically: the stream's last id and, for each live call, its start event and recent events.
 # Ids left in the live set by a crashed publisher (replay keys expired) are removed on the way.
@@ -172,6 +175,7 @@ class RedisBus:
             socket_timeout=2.0,
             socket_connect_timeout=2.0,
             retry=Retry(NoBackoff(), 1),
+            protocol=2,
         )
         # The reader has its own connection so a blocking XREAD never holds up a publish; no automatic
         # retries, the read loop reconnects itself (and says so). The socket timeout outlasts BLOCK.
@@ -181,12 +185,14 @@ class RedisBus:
             socket_timeout=READ_BLOCK_MS / 1000 + 5.0,
             socket_connect_timeout=5.0,
             retry=Retry(NoBackoff(), 0),
+            protocol=2,  # RESP2: XREAD replies are [[stream, [(id, {field: value})]]], whatever redis-py's default
         )
         self._snapshot = self._reader.register_script(_SNAPSHOT_LUA)
         self._subscribers: set[Subscription] = set()
         self._mirror = _LiveMirror(replay_events_per_call, replay_ttl_s)
         self._task: asyncio.Task[None] | None = None
         self._last_id = "0-0"
+        self._mirror_after: tuple[int, int] | None = None  # after a resync: entries up to here are in it
         self._publish_down_until = 0.0
         self._closed_dropped = 0
         self.published = 0
@@ -204,7 +210,7 @@ class RedisBus:
         if self._task is not None:
             return
         try:
-            await self._load_snapshot()
+            self._last_id = await self._load_snapshot()
         except RedisError as exc:
             raise RedisBusUnavailable(f"event bus: cannot use Redis at {self._where()}: {exc}") from exc
         self._task = asyncio.create_task(self._read_loop(), name=f"redis-bus-reader-{self._stream}")
@@ -310,10 +316,11 @@ class RedisBus:
 
     # ------------------------------------------------------------------ reader
 
-    async def _load_snapshot(self) -> None:
+    async def _load_snapshot(self) -> str:
+        """Replace the mirror with Redis's replay keys; return the stream id they are current to."""
         last_id, calls = await self._snapshot(keys=[self._stream, self._live_set], args=[f"{self._prefix}:"])
         self._mirror.load(call for raw in calls if (call := self._parse_call(raw)) is not None)
-        self._last_id = last_id.decode() if isinstance(last_id, bytes) else str(last_id)
+        return last_id.decode() if isinstance(last_id, bytes) else str(last_id)
 
     def _parse_call(self, raw: list[Any]) -> tuple[Event, list[Event]] | None:
         start = self._parse(raw[0], "replay start")
@@ -333,28 +340,31 @@ class RedisBus:
                     resuming = False
                 reply = await self._reader.xread({self._stream: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS)
             except RedisError as exc:
-                self.reconnects += 1
+                self.reconnects += 0 if resuming else 1  # outages, not attempts
                 log.warning("event bus reader lost Redis at %s (%s); retrying in %.1fs", self._where(), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff[1])
                 resuming = True
                 continue
             delay = self._backoff[0]
-            for _stream, entries in reply or ():
+            for _stream, entries in cast(XReadReply, reply or []):
                 for entry_id, fields in entries:
                     self._dispatch(entry_id, fields)
 
     async def _check_for_gap(self) -> None:
-        """After a reconnect: if entries after our last id were trimmed away, reload the replay state."""
+        """After a reconnect: if the stream was trimmed past our last id, events may be lost; resync."""
         try:
             info = await self._reader.xinfo_stream(self._stream)
         except ResponseError:  # no stream (yet, or Redis lost it): nothing to catch up on
             return
-        deleted = info.get("max-deleted-entry-id")  # Redis >= 7.0
-        if deleted is not None and _stream_id(deleted) > _stream_id(self._last_id):
+        first = info.get("first-entry")
+        trimmed = info.get("entries-added", math.inf) > info.get("length", 0)  # entries-added: Redis >= 7
+        if first and trimmed and _stream_id(first[0]) > _stream_id(self._last_id):
             self.gaps += 1
             log.error("event bus reader fell more than %d events behind; consoles missed some", self._maxlen)
-            await self._load_snapshot()
+            # What is still in the stream is delivered; the mirror restarts from Redis's replay keys,
+            # which already include the entries up to the snapshot's id.
+            self._mirror_after = _stream_id(await self._load_snapshot())
 
     def _dispatch(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         self._last_id = entry_id.decode()
@@ -366,9 +376,11 @@ class RedisBus:
                 log.warning("event bus: stream entry %s has no %r field; skipped", self._last_id, FIELD)
             return
         self.received += 1
-        self._mirror.apply(event)
+        if self._mirror_after is None or _stream_id(entry_id) > self._mirror_after:
+            self._mirror_after = None
+            self._mirror.apply(event)
         for sub in list(self._subscribers):
-            if sub.accept(event):
+            if sub.accept(event):  # offer() checks again; filters are cheap and this keeps "delivered" honest
                 sub.offer(event)
                 self.delivered += 1
 
@@ -377,7 +389,9 @@ class RedisBus:
             return parse_event(raw)
         except pydantic.ValidationError as exc:
             self.malformed += 1
-            log.warning("event bus: %s is not a valid event; skipped: %s", what, exc.errors(include_url=False)[:1])
+            # No input in the log: events carry call transcripts (personal data).
+            first = exc.errors(include_url=False, include_input=False)[0]
+            log.warning("event bus: %s is not a valid event (%s at %s); skipped", what, first["msg"], first["loc"])
             return None
 
     def _reader_stopped(self, task: asyncio.Task[None]) -> None:
@@ -386,4 +400,6 @@ class RedisBus:
 
     def _where(self) -> str:
         kwargs = self._redis.connection_pool.connection_kwargs
+        if "path" in kwargs:  # unix socket
+            return str(kwargs["path"])
         return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from compliance_monitor.config import RulesSettings
@@ -36,5 +37,7 @@ class RuleSet:
         )
         return engine
 
-    def detect(self, transcript: Transcript, text: NormalisedText) -> list[Finding]:
-        return self.engine.detect(transcript, text)
+    def detect(
+        self, transcript: Transcript, text: NormalisedText, context: Sequence[NormalisedText] = ()
+    ) -> list[Finding]:
+        return self.engine.detect(transcript, text, context)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from compliance_monitor.detect.pinyin import PinyinMode
 from compliance_monitor.messages import ActionKind, Severity
 
 SpeakerScope = Literal["agent", "customer", "both"]
@@ -23,15 +24,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class NearSpec(_Strict):
+    """A word from ``a`` within ``within`` jieba tokens of a word from ``b``, either order."""
+
+    a: list[str] = Field(min_length=1)
+    b: list[str] = Field(min_length=1)
+    within: int = Field(8, ge=1, le=50)
+
+
 class MatchSpec(_Strict):
     keywords: list[str] = Field(default_factory=list, description="literal phrases (Aho-Corasick)")
     regex: list[str] = Field(default_factory=list, description="regular expressions")
+    tokens: list[list[str]] = Field(default_factory=list, description="consecutive jieba token sequences")
+    near: NearSpec | None = None
     field: Literal["text", "digits"] = Field(
         "text", description="'digits' matches against the text with Chinese numerals as digits"
     )
     unless: list[str] = Field(
         default_factory=list, description="phrases that, present in the same segment, cancel the match"
     )
+    negation: bool = Field(True, description="ignore a match right after 不会/没有/不是/别… in the same clause")
+    pinyin: PinyinMode | None = Field(None, description="also match keywords that sound alike (ASR errors)")
+    validate_as: Literal["id_card", "bank_card", "mobile"] | None = Field(
+        None, alias="validate", description="a regex match must also pass this check-digit validator"
+    )
+    context: int = Field(1, ge=1, le=5, description="segments of the same speaker to match across")
 
     @field_validator("keywords", "unless")
     @classmethod
@@ -40,6 +57,13 @@ class MatchSpec(_Strict):
         if any(not p.strip() for p in phrases):
             raise ValueError("phrases must not be empty or blank")
         return phrases
+
+    @field_validator("tokens")
+    @classmethod
+    def _token_sequences(cls, sequences: list[list[str]]) -> list[list[str]]:
+        if any(not seq or any(not t.strip() for t in seq) for seq in sequences):
+            raise ValueError("token sequences must be non-empty lists of non-blank tokens")
+        return sequences
 
     @field_validator("regex")
     @classmethod
@@ -55,9 +79,34 @@ class MatchSpec(_Strict):
 
     @model_validator(mode="after")
     def _not_empty(self) -> MatchSpec:
-        if not self.keywords and not self.regex:
-            raise ValueError("a rule needs at least one keyword or regex")
+        if not (self.keywords or self.regex or self.tokens or self.near):
+            raise ValueError("a rule needs at least one of keywords, regex, tokens or near")
+        if self.validate_as and not self.regex:
+            raise ValueError("'validate' checks regex matches: add a regex")
+        if self.pinyin and not self.keywords:
+            raise ValueError("'pinyin' applies to keywords: add keywords")
         return self
+
+
+class RequiredItem(_Strict):
+    """Something the collector must say (omission rules): any keyword or regex satisfies it."""
+
+    name: str
+    keywords: list[str] = Field(default_factory=list)
+    regex: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> RequiredItem:
+        if not (self.keywords or self.regex):
+            raise ValueError(f"required item {self.name!r} needs keywords or regex")
+        for pattern in self.regex:
+            re.compile(pattern)
+        return self
+
+
+class CallingHours(_Strict):
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
 class Explanation(_Strict):
@@ -71,15 +120,40 @@ class Examples(_Strict):
 
 
 class Rule(_Strict):
+    """One rule. ``kind`` says when it is checked:
+
+    - ``utterance`` (default): on every final transcript of the speaker in scope, by ``match``;
+    - ``omission``: fires once if the ``required`` items were not all said within ``within_s`` of the call;
+    - ``call_start``: when a call starts, against ``calling_hours`` (debtor's local time) and
+      ``max_calls_per_day`` (calls to the same debtor since local midnight, this one included).
+    """
+
     id: str = Field(pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
     category: str = Field(pattern=r"^[a-z_]+$")
     severity: Severity
+    kind: Literal["utterance", "omission", "call_start"] = "utterance"
     speaker: SpeakerScope = "agent"
-    match: MatchSpec
+    match: MatchSpec | None = None
+    required: list[RequiredItem] = Field(default_factory=list)
+    within_s: float | None = Field(None, gt=0)
+    calling_hours: CallingHours | None = None
+    max_calls_per_day: int | None = Field(None, ge=1)
     explanation: Explanation
     action: ActionKind | None = None
     enabled: bool = True
     examples: Examples = Field(default_factory=Examples)
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> Rule:
+        if self.kind == "utterance" and self.match is None:
+            raise ValueError("an utterance rule needs 'match'")
+        if self.kind == "omission" and (not self.required or self.within_s is None):
+            raise ValueError("an omission rule needs 'required' and 'within_s'")
+        if self.kind == "call_start" and not (self.calling_hours or self.max_calls_per_day):
+            raise ValueError("a call_start rule needs 'calling_hours' or 'max_calls_per_day'")
+        if self.kind != "utterance" and self.match is not None:
+            raise ValueError(f"'match' is for utterance rules, not {self.kind}")
+        return self
 
 
 class RulePack(_Strict):

@@ -1,53 +1,104 @@
-"""The rule matcher: every keyword of every loaded pack in one Aho-Corasick automaton, plus regexes.
+"""The rule matcher for utterance rules.
 
-Matching is over ``NormalisedText.text`` (simplified, half-width) or, for PII rules, ``.digits``
-(Chinese numerals turned into digits). A rule fires at most once per segment.
+All keywords of all loaded packs go into one Aho-Corasick automaton per field (``text`` / ``digits``),
+plus one pinyin automaton per tolerance mode, so a segment is scanned once whatever the number of
+rules. Regexes, jieba-token sequences and proximity run only for the rules that use them. Guards
+then drop matches: wrong speaker, an ``unless`` phrase in the segment, a negation just before the match
+(我们不会上门), or a check digit that fails (PII). A rule fires at most once per segment.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import ahocorasick
 
+from compliance_monitor.detect.pii import VALIDATORS
+from compliance_monitor.detect.pinyin import PinyinIndex, PinyinMode
 from compliance_monitor.detect.rulepack import Rule, RulePack, load_pack
 from compliance_monitor.messages import Finding, NormalisedText, Speaker, Transcript
 
+# Negators that cancel a match that follows them in the same clause (我们不会上门, 没有人要告诉你家人).
+NEGATORS = ("不会", "不要", "没有", "不是", "绝不", "决不", "并不", "从不", "不用", "不必", "不再", "没", "别")
+NEGATION_WINDOW = 5  # characters looked back
+_CLAUSE_END = re.compile(r"[,，。.!！?？;；:：]")
+_ASCII_WORD = re.compile(r"[A-Za-z0-9]")
+
+Span = tuple[int, int]
+
 
 @dataclass(frozen=True, slots=True)
-class _CompiledRule:
+class RuleMatch:
     rule: Rule
-    regexes: tuple[re.Pattern[str], ...]
-    unless: tuple[str, ...]
+    matched_text: str
+    span: Span
+
+
+def negated(text: str, start: int) -> bool:
+    window = text[max(0, start - NEGATION_WINDOW) : start]
+    if clause := _CLAUSE_END.split(window):
+        window = clause[-1]
+    return window.endswith("不") or any(neg in window for neg in NEGATORS)
+
+
+def _word_bounded(text: str, span: Span) -> bool:
+    """For Latin-script keywords: 'ass' must not fire inside 'class'."""
+    start, end = span
+    before_ok = start == 0 or not (_ASCII_WORD.match(text[start]) and _ASCII_WORD.match(text[start - 1]))
+    after_ok = end >= len(text) or not (_ASCII_WORD.match(text[end - 1]) and _ASCII_WORD.match(text[end]))
+    return before_ok and after_ok
+
+
+def token_spans(text: str, tokens: Sequence[str]) -> list[Span]:
+    spans, pos = [], 0
+    for tok in tokens:
+        at = text.find(tok, pos)
+        at = pos if at < 0 else at
+        spans.append((at, at + len(tok)))
+        pos = at + len(tok)
+    return spans
 
 
 class RuleEngine:
     def __init__(self, packs: Iterable[RulePack]) -> None:
         self.packs = list(packs)
-        self._rules: dict[str, _CompiledRule] = {}
-        self._automaton: dict[str, ahocorasick.Automaton] = {}  # per field
+        self.rules: dict[str, Rule] = {}
+        self._regexes: dict[str, tuple[re.Pattern[str], ...]] = {}
+        self._automata: dict[str, ahocorasick.Automaton] = {}
+        self._pinyin: dict[PinyinMode, PinyinIndex] = {}
+        self.max_context = 1
         keywords: dict[str, dict[str, list[str]]] = {"text": {}, "digits": {}}
         for pack in self.packs:
             for rule in pack.rules:
                 if not rule.enabled:
                     continue
-                if rule.id in self._rules:
+                if rule.id in self.rules:
                     raise ValueError(f"rule id {rule.id!r} is defined by two packs")
-                self._rules[rule.id] = _CompiledRule(
-                    rule, tuple(re.compile(p) for p in rule.match.regex), tuple(rule.match.unless)
-                )
-                for word in rule.match.keywords:
-                    keywords[rule.match.field].setdefault(word, []).append(rule.id)
+                self.rules[rule.id] = rule
+                if rule.match is None:
+                    continue
+                m = rule.match
+                self.max_context = max(self.max_context, m.context)
+                self._regexes[rule.id] = tuple(re.compile(p, re.IGNORECASE) for p in m.regex)
+                for word in m.keywords:
+                    keywords[m.field].setdefault(word.lower(), []).append(rule.id)
+                    if m.pinyin:
+                        self._pinyin.setdefault(m.pinyin, PinyinIndex(m.pinyin)).add(word, rule.id)
         for field, words in keywords.items():
             if words:
                 automaton = ahocorasick.Automaton()
                 for word, rule_ids in words.items():
                     automaton.add_word(word, (word, tuple(rule_ids)))
                 automaton.make_automaton()
-                self._automaton[field] = automaton
+                self._automata[field] = automaton
+        for index in self._pinyin.values():
+            index.finish()
+        self.utterance_rules = [r for r in self.rules.values() if r.kind == "utterance"]
+        self.omission_rules = [r for r in self.rules.values() if r.kind == "omission"]
+        self.call_start_rules = [r for r in self.rules.values() if r.kind == "call_start"]
 
     @classmethod
     def from_files(cls, paths: Iterable[Path]) -> RuleEngine:
@@ -55,55 +106,136 @@ class RuleEngine:
 
     @property
     def rule_count(self) -> int:
-        return len(self._rules)
+        return len(self.rules)
 
     def rule(self, rule_id: str) -> Rule:
-        return self._rules[rule_id].rule
+        return self.rules[rule_id]
 
-    def match(self, text: NormalisedText, speaker: Speaker) -> list[tuple[Rule, str, tuple[int, int]]]:
-        """(rule, matched text, span) for every rule that fires on this text, first match each."""
-        hits: dict[str, tuple[str, tuple[int, int]]] = {}
-        for field, automaton in self._automaton.items():
+    # ------------------------------------------------------------------ matching
+
+    def match(self, text: NormalisedText, speaker: Speaker, context: Sequence[NormalisedText] = ()) -> list[RuleMatch]:
+        """Every rule that fires on ``text`` (said by ``speaker``), first match each.
+
+        ``context`` holds the speaker's previous segments, oldest first; rules with ``context: N`` see
+        the last N-1 of them joined to this one, but only matches reaching into this segment count.
+        """
+        hits = self._scan(text, speaker, max_context=1)
+        if context and self.max_context > 1:
+            joined, offset = _join([*context[-(self.max_context - 1) :], text])
+            for rule_id, (matched, span) in self._scan(joined, speaker, max_context=self.max_context).items():
+                if rule_id not in hits and span[1] > offset:
+                    hits[rule_id] = (matched, (max(0, span[0] - offset), span[1] - offset))
+        return [RuleMatch(self.rules[rid], matched, span) for rid, (matched, span) in hits.items()]
+
+    def _scan(self, text: NormalisedText, speaker: Speaker, max_context: int) -> dict[str, tuple[str, Span]]:
+        hits: dict[str, tuple[str, Span]] = {}
+
+        def offer(rule_id: str, matched: str, span: Span, haystack: str) -> None:
+            rule = self.rules[rule_id]
+            m = rule.match
+            assert m is not None
+            if rule_id in hits or (max_context > 1 and m.context == 1):
+                return
+            if rule.speaker not in ("both", speaker.value):
+                return
+            if m.negation and m.field == "text" and negated(haystack, span[0]):
+                return
+            if any(guard in text.text for guard in m.unless):
+                return
+            hits[rule_id] = (matched, span)
+
+        for field, automaton in self._automata.items():
             haystack = text.text if field == "text" else text.digits
-            for end, (word, rule_ids) in automaton.iter(haystack):
+            lowered = haystack.lower() if len(haystack.lower()) == len(haystack) else haystack
+            for end, (_word, rule_ids) in automaton.iter(lowered):
+                span = (end - len(_word) + 1, end + 1)
+                if _word_bounded(haystack, span):
+                    for rule_id in rule_ids:
+                        offer(rule_id, haystack[span[0] : span[1]], span, haystack)
+        for index in self._pinyin.values():
+            for _keyword, rule_ids, span in index.iter(text.text):
                 for rule_id in rule_ids:
-                    hits.setdefault(rule_id, (word, (end - len(word) + 1, end + 1)))
-        for rule_id, compiled in self._rules.items():
-            if rule_id in hits or not compiled.regexes:
+                    offer(rule_id, text.text[span[0] : span[1]], span, text.text)
+        for rule in self.utterance_rules:
+            if rule.id in hits:
                 continue
-            haystack = text.text if compiled.rule.match.field == "text" else text.digits
-            for regex in compiled.regexes:
-                if m := regex.search(haystack):
-                    hits[rule_id] = (m.group(0), m.span())
-                    break
-        results = []
-        for rule_id, (matched, span) in hits.items():
-            compiled = self._rules[rule_id]
-            rule = compiled.rule
-            if rule.speaker != "both" and rule.speaker != speaker.value:
-                continue
-            if any(guard in text.text for guard in compiled.unless):
-                continue
-            results.append((rule, matched, span))
-        return results
+            self._match_structured(rule, text, offer)
+        return hits
 
-    def detect(self, transcript: Transcript, text: NormalisedText) -> list[Finding]:
+    def _match_structured(self, rule: Rule, text: NormalisedText, offer: _Offer) -> None:
+        m = rule.match
+        assert m is not None
+        haystack = text.text if m.field == "text" else text.digits
+        validator = VALIDATORS.get(m.validate_as or "")
+        for regex in self._regexes[rule.id]:
+            for found in regex.finditer(haystack):
+                if validator is None or validator(re.sub(r"\D", "", found.group(0))):
+                    offer(rule.id, found.group(0), found.span(), haystack)
+                    break
+        if m.tokens or m.near:
+            spans = token_spans(text.text, text.tokens)
+            for seq in m.tokens:
+                for i in range(len(text.tokens) - len(seq) + 1):
+                    if list(text.tokens[i : i + len(seq)]) == seq:
+                        span = (spans[i][0], spans[i + len(seq) - 1][1])
+                        offer(rule.id, text.text[span[0] : span[1]], span, text.text)
+                        break
+            if m.near:
+                found_near = _near(text.tokens, spans, m.near.a, m.near.b, m.near.within)
+                if found_near:
+                    offer(rule.id, text.text[found_near[0] : found_near[1]], found_near, text.text)
+
+    def detect(
+        self, transcript: Transcript, text: NormalisedText, context: Sequence[NormalisedText] = ()
+    ) -> list[Finding]:
         return [
-            Finding(
-                call_id=transcript.call_id,
-                speaker=transcript.speaker,
-                segment_no=transcript.segment_no,
-                rule_id=rule.id,
-                category=rule.category,
-                severity=rule.severity,
-                matched_text=matched,
-                span=span,
-                t0=transcript.t0,
-                t1=transcript.t1,
-                explanation=rule.explanation.supervisor,
-                collector_explanation=rule.explanation.collector,
-                source="rule",
-                action_hint=rule.action,
-            )
-            for rule, matched, span in self.match(text, transcript.speaker)
+            finding_for(m.rule, transcript, m.matched_text, m.span)
+            for m in self.match(text, transcript.speaker, context)
         ]
+
+
+class _Offer:  # the callback signature, for type checkers
+    def __call__(self, rule_id: str, matched: str, span: Span, haystack: str) -> None: ...
+
+
+def _near(tokens: Sequence[str], spans: list[Span], a: list[str], b: list[str], within: int) -> Span | None:
+    a_at = [i for i, t in enumerate(tokens) if any(w in t for w in a)]
+    b_at = [i for i, t in enumerate(tokens) if any(w in t for w in b)]
+    for i in a_at:
+        for j in b_at:
+            if i != j and abs(i - j) <= within:
+                lo, hi = min(i, j), max(i, j)
+                return spans[lo][0], spans[hi][1]
+    return None
+
+
+def _join(texts: Sequence[NormalisedText]) -> tuple[NormalisedText, int]:
+    """Segments joined with a clause break; returns the joined text and where the last one starts."""
+    sep = "。"
+    offset = sum(len(t.text) + 1 for t in texts[:-1])
+    joined = NormalisedText(
+        raw=sep.join(t.raw for t in texts),
+        text=sep.join(t.text for t in texts),
+        digits=sep.join(t.digits for t in texts),
+        tokens=tuple(tok for i, t in enumerate(texts) for tok in ((sep,) if i else ()) + t.tokens),
+    )
+    return joined, offset
+
+
+def finding_for(rule: Rule, transcript: Transcript, matched: str, span: Span) -> Finding:
+    return Finding(
+        call_id=transcript.call_id,
+        speaker=transcript.speaker,
+        segment_no=transcript.segment_no,
+        rule_id=rule.id,
+        category=rule.category,
+        severity=rule.severity,
+        matched_text=matched,
+        span=span,
+        t0=transcript.t0,
+        t1=transcript.t1,
+        explanation=rule.explanation.supervisor,
+        collector_explanation=rule.explanation.collector,
+        source="rule",
+        action_hint=rule.action,
+    )

@@ -1,0 +1,212 @@
+"""Engine features beyond keywords: pinyin tolerance, negation, proximity, token sequences, cross-segment
+context, English word boundaries, and the call-level rules (omission, calling hours, frequency)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from compliance_monitor.detect.calls import OmissionTracker, check_call_start, debtor_info, local_midnight
+from compliance_monitor.detect.pii import id_check_char, luhn_valid, valid_bank_card, valid_id_card, valid_mobile
+from compliance_monitor.detect.rulepack import RulePack, load_pack
+from compliance_monitor.detect.rules import RuleEngine, negated
+from compliance_monitor.messages import CallStarted, Speaker
+from compliance_monitor.text.normalise import normalise
+from compliance_monitor.text.tokenise import Tokenizer
+
+pytestmark = pytest.mark.unit
+RULES = Path(__file__).parents[1] / "rules"
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer(RULES / "user_dict.txt")
+
+
+@pytest.fixture(scope="module")
+def cn() -> RulePack:
+    return load_pack(RULES / "cn_collection.yaml")
+
+
+def pack_from(tmp_path: Path, rules_yaml: str) -> RulePack:
+    path = tmp_path / "p.yaml"
+    path.write_text(f"pack: t\nversion: 1\nlanguage: zh\nrules:\n{rules_yaml}", encoding="utf-8")
+    return load_pack(path)
+
+
+def rule(rule_id: str, match: str, extra: str = "") -> str:
+    return (
+        f"  - id: {rule_id}\n    category: threat\n    severity: high\n{extra}    match:\n{match}"
+        "    explanation: {collector: c, supervisor: s}\n"
+    )
+
+
+def fired(engine: RuleEngine, tok: Tokenizer, text: str, speaker: Speaker = Speaker.AGENT, ctx: tuple = ()) -> set:
+    context = tuple(normalise(c, tok) for c in ctx)
+    return {m.rule.id for m in engine.match(normalise(text, tok), speaker, context)}
+
+
+@pytest.mark.parametrize(
+    ("mode", "heard", "hit"),
+    [
+        ("fuzzy", "我弄屎你", True),  # sh/s merged
+        ("toneless", "我弄屎你", False),
+        ("toneless", "我沙了你", True),  # 杀 shā / 沙 shā
+        ("tones", "我沙了你", True),
+        ("tones", "我傻了你", False),  # shǎ: another tone
+        ("fuzzy", "我们的农场里", False),
+    ],
+)
+def test_pinyin_tolerance(tmp_path: Path, tokenizer: Tokenizer, mode: str, heard: str, hit: bool) -> None:
+    engine = RuleEngine(
+        [pack_from(tmp_path, rule("t.kill", f"      keywords: [弄死你, 杀了你]\n      pinyin: {mode}\n"))]
+    )
+    assert ("t.kill" in fired(engine, tokenizer, heard)) is hit
+
+
+def test_pinyin_match_reports_the_heard_words(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    engine = RuleEngine([pack_from(tmp_path, rule("t.kill", "      keywords: [弄死你]\n      pinyin: fuzzy\n"))])
+    (m,) = engine.match(normalise("信不信我弄屎你", tokenizer), Speaker.AGENT)
+    assert m.matched_text == "弄屎你" and m.span == (4, 7)
+
+
+@pytest.mark.parametrize(
+    ("text", "is_negated"),
+    [
+        ("我们不会上门", True),
+        ("我们绝对没有要上门", True),
+        ("别担心，我们上门只是核实", False),
+        ("你再不还钱我们就上门", False),
+        ("不上门", True),
+    ],
+)
+def test_negation_window_stays_in_the_clause(text: str, is_negated: bool) -> None:
+    assert negated(text, text.index("上门")) is is_negated
+
+
+def test_negation_can_be_switched_off(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    on = RuleEngine([pack_from(tmp_path, rule("t.a", "      keywords: [废物]\n"))])
+    off = RuleEngine([pack_from(tmp_path, rule("t.a", "      keywords: [废物]\n      negation: false\n"))])
+    assert fired(on, tokenizer, "你不是废物是什么") == set()
+    assert fired(off, tokenizer, "你不是废物是什么") == {"t.a"}
+
+
+def test_near_and_token_sequences(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    pack = pack_from(
+        tmp_path,
+        rule("t.near", "      near: {a: [同事], b: [欠钱], within: 4}\n")
+        + rule("t.seq", "      tokens: [[找, 你, 算账]]\n"),
+    )
+    engine = RuleEngine([pack])
+    assert fired(engine, tokenizer, "你同事都知道你欠钱了") == {"t.near"}
+    assert fired(engine, tokenizer, "同事说这个项目很难做，后来大家聊了很多别的，最后才说到欠钱") == set()
+    assert fired(engine, tokenizer, "我们会找你算账") == {"t.seq"}
+    assert fired(engine, tokenizer, "找个时间跟你算账") == set()  # same words, not in sequence
+
+
+def test_context_matches_across_segments_of_the_same_speaker(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    near = "      near: {a: [家人], b: [欠款], within: 12}\n"
+    one = RuleEngine([pack_from(tmp_path, rule("t.ctx", near))])
+    two = RuleEngine([pack_from(tmp_path, rule("t.ctx", near + "      context: 2\n"))])
+    ctx = ("我已经联系了你的家人",)
+    assert fired(one, tokenizer, "把你欠款的事都说了", ctx=ctx) == set()
+    assert fired(two, tokenizer, "把你欠款的事都说了", ctx=ctx) == {"t.ctx"}
+    # a match wholly inside the earlier segment was that segment's finding, not this one's
+    assert fired(two, tokenizer, "好的再见", ctx=("你家人知道你欠款",)) == set()
+
+
+def test_latin_keywords_respect_word_boundaries(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    engine = RuleEngine([pack_from(tmp_path, rule("t.en", "      keywords: [ass, jail]\n      negation: false\n"))])
+    assert fired(engine, tokenizer, "you will go to JAIL") == {"t.en"}
+    assert fired(engine, tokenizer, "this class is about passing") == set()
+
+
+def test_pii_validators() -> None:
+    first17 = "11010519491231002"
+    assert valid_id_card(first17 + id_check_char(first17))
+    assert not valid_id_card(first17 + ("0" if id_check_char(first17) != "0" else "1"))
+    assert not valid_id_card("110105194913310021")  # month 13
+    assert luhn_valid("6222021234567894") and not luhn_valid("6222021234567890")
+    assert valid_bank_card("6222021234567894") and not valid_bank_card(first17 + id_check_char(first17))
+    assert valid_mobile("13912345678") and not valid_mobile("12912345678")
+
+
+# ---------------------------------------------------------------- call-level rules
+
+
+def test_omission_fires_once_with_what_was_never_said(cn: RulePack, tokenizer: Tokenizer) -> None:
+    rules = [r for r in cn.rules if r.kind == "omission"]
+    tracker = OmissionTracker("c1", rules)
+    tracker.observe(Speaker.AGENT, 1.0, normalise("喂，王先生吗，你那笔贷款什么时候还", tokenizer))
+    assert tracker.due(20.0) == []  # deadline not reached yet
+    (finding,) = tracker.due(31.0)
+    assert finding.category == "missing_disclosure" and finding.rule_id == "disclosure.opening_statement"
+    assert "催收员身份" in finding.explanation and "所属机构" in finding.explanation
+    assert "来电目的" not in finding.explanation.split("未说明：")[1]
+    assert tracker.due(60.0, call_over=True) == []
+
+
+def test_opening_disclosure_satisfies_the_omission_rule(cn: RulePack, tokenizer: Tokenizer) -> None:
+    tracker = OmissionTracker("c2", [r for r in cn.rules if r.kind == "omission"])
+    tracker.observe(Speaker.AGENT, 0.5, normalise("您好，我是安信消费金融的客服小李，来电提醒您账单还款", tokenizer))
+    assert tracker.due(31.0) == []
+
+
+def test_disclosure_said_too_late_or_by_the_customer_does_not_count(cn: RulePack, tokenizer: Tokenizer) -> None:
+    tracker = OmissionTracker("c3", [r for r in cn.rules if r.kind == "omission"])
+    tracker.observe(Speaker.CUSTOMER, 1.0, normalise("我是王五，你们是哪个公司，是逾期的事吗", tokenizer))
+    tracker.observe(Speaker.AGENT, 45.0, normalise("我是安信金融的，来催收您的欠款", tokenizer))
+    assert len(tracker.due(50.0)) == 1
+
+
+def test_a_short_call_is_judged_at_its_end(cn: RulePack) -> None:
+    tracker = OmissionTracker("c4", [r for r in cn.rules if r.kind == "omission"])
+    assert tracker.due(12.0) == []
+    assert len(tracker.due(12.0, call_over=True)) == 1
+
+
+def _call(hour: int, metadata: dict) -> CallStarted:
+    at = dt.datetime(2026, 11, 23, hour, 30, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
+    return CallStarted("c", "A1", "twilio", (Speaker.AGENT,), metadata, wall_time=at)
+
+
+@pytest.mark.parametrize(
+    ("hour", "tz", "fires"),
+    [(9, None, False), (22, None, True), (7, None, True), (20, "Asia/Tokyo", False), (9, "Europe/London", True)],
+)
+def test_calling_hours_in_the_debtors_time_zone(cn: RulePack, hour: int, tz: str | None, fires: bool) -> None:
+    # hour is Beijing time; 20:30 Beijing = 21:30 Tokyo... is outside, so use a rule window check per zone
+    rules = [r for r in cn.rules if r.id == "hours.outside_window"]
+    started = _call(hour, {"custom_parameters": {"debtor_tz": tz}} if tz else {})
+    _, zone = debtor_info(started, "Asia/Shanghai")
+    local_hour = dt.datetime.fromtimestamp(started.wall_time, zone).hour
+    findings = check_call_start(rules, started, zone, None)
+    assert bool(findings) is not (8 <= local_hour < 21)
+    if tz is None:
+        assert bool(findings) is fires
+
+
+def test_call_frequency_limit(cn: RulePack) -> None:
+    rules = [r for r in cn.rules if r.id == "frequency.daily_limit"]
+    started = _call(10, {"custom_parameters": {"debtor_id": "D42"}})
+    debtor, zone = debtor_info(started, "Asia/Shanghai")
+    assert debtor == "D42"
+    assert check_call_start(rules, started, zone, 3) == []
+    (finding,) = check_call_start(rules, started, zone, 4)
+    assert finding.category == "call_frequency" and "第 4 次" in finding.explanation
+    midnight = local_midnight(started.wall_time, zone)
+    assert dt.datetime.fromtimestamp(midnight, zone).hour == 0 and started.wall_time - midnight == 10.5 * 3600
+
+
+def test_invalid_call_level_rules_are_rejected(tmp_path: Path) -> None:
+    from compliance_monitor.detect.rulepack import RulePackError
+
+    bad = (
+        "  - id: t.o\n    category: missing_disclosure\n    severity: warn\n    kind: omission\n"
+        "    explanation: {collector: c, supervisor: s}\n"
+    )
+    with pytest.raises(RulePackError, match="needs 'required' and 'within_s'"):
+        pack_from(tmp_path, bad)
