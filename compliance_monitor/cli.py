@@ -163,6 +163,53 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from compliance_monitor.detect.evaluate import check_examples
+    from compliance_monitor.detect.rulepack import RulePackError, load_pack
+    from compliance_monitor.detect.rules import RuleEngine
+    from compliance_monitor.text.tokenise import Tokenizer
+
+    settings = _settings(args)
+    tokenizer = Tokenizer(settings.rules.dir / settings.rules.user_dict)
+    status = 0
+    for path in map(Path, args.files):
+        try:
+            pack = load_pack(path)
+        except RulePackError as exc:
+            print("\n".join(exc.errors))
+            status = 1
+            continue
+        failures = check_examples(pack, RuleEngine([pack]), tokenizer)
+        n_examples = sum(len(r.examples.positive) + len(r.examples.negative) for r in pack.rules)
+        for f in failures:
+            expect = "should fire but did not" if f.kind == "positive" else "fired but should not"
+            print(f"{path}: {f.rule_id}: {f.kind} example {expect}: {f.text}")
+        print(f"{path}: {len(pack.rules)} rules, {n_examples} examples, {len(failures)} failing")
+        status = status or (1 if failures else 0)
+    return status
+
+
+def cmd_rules_eval(args: argparse.Namespace) -> int:
+    from compliance_monitor.detect.engine import pack_files
+    from compliance_monitor.detect.evaluate import evaluate, format_report, load_dataset
+    from compliance_monitor.detect.rules import RuleEngine
+    from compliance_monitor.text.tokenise import Tokenizer
+
+    settings = _settings(args)
+    files = [Path(p) for p in args.pack] if args.pack else pack_files(settings.rules)
+    report = evaluate(
+        load_dataset(Path(args.dataset)),
+        RuleEngine.from_files(files),
+        Tokenizer(settings.rules.dir / settings.rules.user_dict),
+    )
+    print(
+        json.dumps(report.as_dict(), ensure_ascii=False, indent=1)
+        if args.json
+        else format_report(report, show_errors=args.errors)
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compliance-monitor", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML or YAML settings file (env CM_* overrides it)")
@@ -193,6 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
     mic.add_argument("--agent-id", default="A1001")
     mic.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C)")
     mic.set_defaults(func=cmd_mic)
+
+    rules = sub.add_parser("rules", help="check and evaluate rule packs").add_subparsers(
+        dest="rules_cmd", required=True
+    )
+    check = rules.add_parser("check", help="validate packs and run the examples inside them")
+    check.add_argument("files", nargs="+")
+    check.set_defaults(func=cmd_rules_check)
+    ev = rules.add_parser("eval", help="precision/recall/F1 per category and per rule on labelled utterances")
+    ev.add_argument("dataset", help="JSONL: text, speaker, labels")
+    ev.add_argument("--pack", action="append", help="pack file(s) to evaluate (default: the configured packs)")
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--errors", type=int, default=0, help="list this many false alarms and misses")
+    ev.set_defaults(func=cmd_rules_eval)
 
     demo = sub.add_parser("demo", help="serve and stream a bundled collection call through the bridge")
     demo.add_argument("--host")

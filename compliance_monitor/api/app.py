@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -74,9 +75,14 @@ def create_app(settings: Settings, decoder_factory: DecoderFactory | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await build_services(settings, decoder_factory)
         app.state.monitor = Monitor(services)
+        stop_watching = asyncio.Event()
+        watcher = asyncio.create_task(services.rules.watch(stop_watching)) if settings.rules.watch else None
         try:
             yield
         finally:
+            stop_watching.set()
+            if watcher:
+                await asyncio.gather(watcher, return_exceptions=True)
             await app.state.monitor.aclose()
             await services.asr.aclose()
             await services.bus.aclose()

@@ -142,7 +142,7 @@ async def reload_rules(monitor: MonitorDep, _: Admin) -> dict[str, Any]:
         engine = monitor.services.rules.reload()
     except RulePackError as exc:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            422,
             {"message": "rule pack rejected; the running rules stay in force", "errors": exc.errors},
         ) from exc
     return {"generation": monitor.services.rules.generation, "rules": engine.rule_count}

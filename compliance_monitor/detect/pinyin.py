@@ -1,35 +1,38 @@
 """Homophone-tolerant keyword matching through pinyin, for what Whisper mishears.
 
 Whisper writes what it hears, so a threat comes out as 弄屎你 (nòng shǐ) for 弄死你 (nòng sǐ), 沙了你 for
-杀了你. Each character maps to its first pinyin reading (the same map for keywords and transcripts, so
-heteronyms stay consistent); ``toneless`` drops tones, ``fuzzy`` also merges the initials and finals that
-Mandarin speakers and ASR confuse most (zh/z, ch/c, sh/s, n/l, -ing/-in, -eng/-en, -ang/-an) — the
-模糊音 of Chinese input methods. Matching is Aho-Corasick over ``|syllable|syllable|`` strings, with
-matches mapped back to character offsets.
+杀了你. Every character is mapped to a *sound class* — one private-use code point per syllable — with
+``str.translate`` (C speed, and the same length, so match offsets are character offsets in the
+transcript). Keywords are translated the same way and matched with Aho-Corasick.
+
+Modes: ``tones`` (same syllable and tone), ``toneless``, and ``fuzzy``: toneless plus the initials and
+finals Mandarin speakers and ASR confuse most (zh/z, ch/c, sh/s, n/l, -ing/-in, -eng/-en, -ang/-an), the
+模糊音 of Chinese input methods. A character's first reading is used for keywords and transcripts alike,
+so heteronyms stay consistent.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Literal
 
 import ahocorasick
-from pypinyin import Style, lazy_pinyin
 
 PinyinMode = Literal["tones", "toneless", "fuzzy"]
 
 _FUZZY_INITIALS = (("zh", "z"), ("ch", "c"), ("sh", "s"), ("n", "l"))
 _FUZZY_FINALS = (("ing", "in"), ("eng", "en"), ("ang", "an"))
+_CLASS_BASE = 0xF0000  # Supplementary Private Use Area-A: never in a transcript
 
 
-@lru_cache(maxsize=65_536)
-def syllable(ch: str, mode: PinyinMode) -> str:
-    if not "\u3400" <= ch <= "\u9fff":
-        return ch.lower()
-    style = Style.TONE3 if mode == "tones" else Style.NORMAL
-    syl = lazy_pinyin(ch, style=style, errors="default")[0]
+def syllable(reading: str, mode: PinyinMode) -> str:
+    """A tone-marked reading ('shǐ') in the form ``mode`` compares."""
+    from pypinyin.contrib.tone_convert import to_normal, to_tone3
+
+    if mode == "tones":
+        return str(to_tone3(reading))
+    syl = str(to_normal(reading))
     if mode == "fuzzy":
         for a, b in _FUZZY_INITIALS:
             if syl.startswith(a):
@@ -42,15 +45,20 @@ def syllable(ch: str, mode: PinyinMode) -> str:
     return syl
 
 
-def spell(text: str, mode: PinyinMode) -> tuple[str, list[int]]:
-    """'|syl|syl|…|' for ``text`` and the offset in it where each character's syllable starts."""
-    parts, starts, pos = ["|"], [], 1
-    for ch in text:
-        syl = syllable(ch, mode)
-        starts.append(pos)
-        parts.append(syl + "|")
-        pos += len(syl) + 1
-    return "".join(parts), starts
+@lru_cache(maxsize=3)
+def sound_table(mode: PinyinMode) -> dict[int, int]:
+    """Code point → sound-class code point, for every character pypinyin knows (~42k; built once, ~0.6 s)."""
+    from pypinyin.pinyin_dict import pinyin_dict
+
+    classes: dict[str, int] = {}
+    return {
+        cp: _CLASS_BASE + classes.setdefault(syllable(readings.split(",")[0], mode), len(classes))
+        for cp, readings in pinyin_dict.items()
+    }
+
+
+def sounds(text: str, mode: PinyinMode) -> str:
+    return text.translate(sound_table(mode))
 
 
 class PinyinIndex:
@@ -62,8 +70,8 @@ class PinyinIndex:
         self._size = 0
 
     def add(self, keyword: str, rule_id: str) -> None:
-        key = spell(keyword, self.mode)[0]
-        entry = self._automaton.get(key, (keyword, [], len(key)))
+        key = sounds(keyword, self.mode)
+        entry = self._automaton.get(key, (keyword, []))
         entry[1].append(rule_id)
         self._automaton.add_word(key, entry)
         self._size += 1
@@ -76,8 +84,5 @@ class PinyinIndex:
         """(keyword, rule ids, character span in ``text``) for each sound-alike occurrence."""
         if not self._size:
             return
-        spelled, starts = spell(text, self.mode)
-        for end, (keyword, rule_ids, key_len) in self._automaton.iter(spelled):
-            begin = end - key_len + 2  # first char of the first syllable
-            first = bisect.bisect_left(starts, begin)
-            yield keyword, tuple(rule_ids), (first, first + len(keyword))
+        for end, (keyword, rule_ids) in self._automaton.iter(sounds(text, self.mode)):
+            yield keyword, tuple(rule_ids), (end - len(keyword) + 1, end + 1)

@@ -26,6 +26,7 @@ NEGATORS = ("不会", "不要", "没有", "不是", "绝不", "决不", "并不"
 NEGATION_WINDOW = 5  # characters looked back
 _CLAUSE_END = re.compile(r"[,，。.!！?？;；:：]")
 _ASCII_WORD = re.compile(r"[A-Za-z0-9]")
+_DIGIT = re.compile(r"\d")
 
 Span = tuple[int, int]
 
@@ -97,6 +98,14 @@ class RuleEngine:
         for index in self._pinyin.values():
             index.finish()
         self.utterance_rules = [r for r in self.rules.values() if r.kind == "utterance"]
+        # Only rules with regex, token sequences or proximity need per-rule work on each segment.
+        self._structured = [
+            _Structured(r, self._regexes[r.id], _any_of(r.match.near.a), _any_of(r.match.near.b))
+            if r.match and r.match.near
+            else _Structured(r, self._regexes[r.id], None, None)
+            for r in self.utterance_rules
+            if r.match and (r.match.regex or r.match.tokens or r.match.near)
+        ]
         self.omission_rules = [r for r in self.rules.values() if r.kind == "omission"]
         self.call_start_rules = [r for r in self.rules.values() if r.kind == "call_start"]
 
@@ -156,34 +165,39 @@ class RuleEngine:
             for _keyword, rule_ids, span in index.iter(text.text):
                 for rule_id in rule_ids:
                     offer(rule_id, text.text[span[0] : span[1]], span, text.text)
-        for rule in self.utterance_rules:
-            if rule.id in hits:
+        spans: list[Span] | None = None
+        has_digits = _DIGIT.search(text.digits) is not None
+        for st in self._structured:
+            if st.rule.id in hits:
                 continue
-            self._match_structured(rule, text, offer)
-        return hits
-
-    def _match_structured(self, rule: Rule, text: NormalisedText, offer: _Offer) -> None:
-        m = rule.match
-        assert m is not None
-        haystack = text.text if m.field == "text" else text.digits
-        validator = VALIDATORS.get(m.validate_as or "")
-        for regex in self._regexes[rule.id]:
-            for found in regex.finditer(haystack):
-                if validator is None or validator(re.sub(r"\D", "", found.group(0))):
-                    offer(rule.id, found.group(0), found.span(), haystack)
-                    break
-        if m.tokens or m.near:
-            spans = token_spans(text.text, text.tokens)
-            for seq in m.tokens:
-                for i in range(len(text.tokens) - len(seq) + 1):
-                    if list(text.tokens[i : i + len(seq)]) == seq:
-                        span = (spans[i][0], spans[i + len(seq) - 1][1])
-                        offer(rule.id, text.text[span[0] : span[1]], span, text.text)
+            m = st.rule.match
+            assert m is not None
+            if m.field == "digits" and not has_digits:
+                continue  # most speech has no numbers: skip the PII regexes outright
+            haystack = text.text if m.field == "text" else text.digits
+            validator = VALIDATORS.get(m.validate_as or "")
+            for regex in st.regexes:
+                for found in regex.finditer(haystack):
+                    if validator is None or validator(re.sub(r"\D", "", found.group(0))):
+                        offer(st.rule.id, found.group(0), found.span(), haystack)
                         break
-            if m.near:
-                found_near = _near(text.tokens, spans, m.near.a, m.near.b, m.near.within)
-                if found_near:
-                    offer(rule.id, text.text[found_near[0] : found_near[1]], found_near, text.text)
+            if m.tokens and st.rule.id not in hits:
+                spans = spans or token_spans(text.text, text.tokens)
+                if (seq_span := _sequence(text.tokens, spans, m.tokens)) is not None:
+                    offer(st.rule.id, text.text[seq_span[0] : seq_span[1]], seq_span, text.text)
+            # Proximity: cheap whole-text test first; token positions only when both sides occur.
+            if (
+                m.near
+                and st.near_a
+                and st.near_b
+                and st.rule.id not in hits
+                and st.near_a.search(text.text)
+                and st.near_b.search(text.text)
+            ):
+                spans = spans or token_spans(text.text, text.tokens)
+                if (near_span := _near(text.tokens, spans, st.near_a, st.near_b, m.near.within)) is not None:
+                    offer(st.rule.id, text.text[near_span[0] : near_span[1]], near_span, text.text)
+        return hits
 
     def detect(
         self, transcript: Transcript, text: NormalisedText, context: Sequence[NormalisedText] = ()
@@ -194,13 +208,30 @@ class RuleEngine:
         ]
 
 
-class _Offer:  # the callback signature, for type checkers
-    def __call__(self, rule_id: str, matched: str, span: Span, haystack: str) -> None: ...
+@dataclass(frozen=True, slots=True)
+class _Structured:
+    rule: Rule
+    regexes: tuple[re.Pattern[str], ...]
+    near_a: re.Pattern[str] | None
+    near_b: re.Pattern[str] | None
 
 
-def _near(tokens: Sequence[str], spans: list[Span], a: list[str], b: list[str], within: int) -> Span | None:
-    a_at = [i for i, t in enumerate(tokens) if any(w in t for w in a)]
-    b_at = [i for i, t in enumerate(tokens) if any(w in t for w in b)]
+def _any_of(words: list[str]) -> re.Pattern[str]:
+    return re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)), re.IGNORECASE)
+
+
+def _sequence(tokens: Sequence[str], spans: list[Span], sequences: list[list[str]]) -> Span | None:
+    for seq in sequences:
+        n = len(seq)
+        for i in range(len(tokens) - n + 1):
+            if tokens[i] == seq[0] and list(tokens[i : i + n]) == seq:
+                return spans[i][0], spans[i + n - 1][1]
+    return None
+
+
+def _near(tokens: Sequence[str], spans: list[Span], a: re.Pattern[str], b: re.Pattern[str], within: int) -> Span | None:
+    a_at = [i for i, t in enumerate(tokens) if a.search(t)]
+    b_at = [i for i, t in enumerate(tokens) if b.search(t)]
     for i in a_at:
         for j in b_at:
             if i != j and abs(i - j) <= within:

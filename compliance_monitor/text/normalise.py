@@ -287,12 +287,20 @@ def numerals_to_digits(text: str) -> str:
 # --------------------------------------------------------------------------- pipeline
 
 
+_DIGIT_GROUP_BREAK = re.compile(r"(?<=\d)[\s\-–—]+(?=\d)")
+
+
+def join_digit_groups(text: str) -> str:
+    """'420 111 1975 1109 2723' → one number: IDs, cards and phones are read and written in groups."""
+    return _DIGIT_GROUP_BREAK.sub("", text)
+
+
 def normalise(raw: str, tokenizer: Tokenizer) -> NormalisedText:
     """One ASR transcript → the canonical text, its digit form and its jieba tokens."""
     text = collapse_spaces(to_half_width(to_simplified(raw)))
     return NormalisedText(
         raw=raw,
         text=text,
-        digits=numerals_to_digits(text),
+        digits=join_digit_groups(numerals_to_digits(text)),
         tokens=tuple(tok for tok in tokenizer.cut(text) if tok.strip()),
     )
