@@ -243,3 +243,19 @@ def test_normalise_drops_whitespace_tokens(tokenizer: Tokenizer) -> None:
     result = normalise("please call me back", tokenizer)
     assert result.text == "please call me back"
     assert result.tokens == ("please", "call", "me", "back")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("heard", "digits"),
+    [
+        ("你的手机号是要3812674590没错吧", "你的手机号是13812674590没错吧"),  # 幺 heard as 要
+        ("身份证号420 111 1975 1109 2723", "身份证号420111197511092723"),  # groups joined
+        ("我要3个", "我要3个"),
+        ("要12345元", "要12345元"),
+    ],
+)
+def test_digits_view_repairs_phone_readings(heard: str, digits: str) -> None:
+    from compliance_monitor.text.normalise import join_digit_groups
+
+    assert join_digit_groups(heard) == digits

@@ -290,9 +290,14 @@ def numerals_to_digits(text: str) -> str:
 _DIGIT_GROUP_BREAK = re.compile(r"(?<=\d)[\s\-–—]+(?=\d)")
 
 
+# 幺 (yāo, "one" when reading digits) comes back from ASR as a same-sounding character: 要3812674590.
+# Only next to a long digit run (a phone, ID or card being read out) is it taken for 1; "要3个" stays.
+_MISHEARD_YAO = re.compile(r"[要腰妖邀](?=\d{9,})|(?<=\d{2})[要腰妖邀](?=\d)")
+
+
 def join_digit_groups(text: str) -> str:
     """'420 111 1975 1109 2723' → one number: IDs, cards and phones are read and written in groups."""
-    return _DIGIT_GROUP_BREAK.sub("", text)
+    return _MISHEARD_YAO.sub("1", _DIGIT_GROUP_BREAK.sub("", text))
 
 
 def normalise(raw: str, tokenizer: Tokenizer) -> NormalisedText:
