@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from compliance_monitor.config import Settings, load_settings
+from compliance_monitor.config import ServerSettings, Settings, load_settings
 from compliance_monitor.resources import assets_dir
 
 log = logging.getLogger("compliance_monitor")
@@ -30,7 +30,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, **overrides)
 
 
-async def _serve(settings: Settings, until: asyncio.Future[None] | None = None) -> None:
+async def _serve(settings: Settings, until: asyncio.Future[None] | None = None, *, quiet: bool = False) -> None:
     import uvicorn
 
     from compliance_monitor.api.app import create_app, preflight
@@ -40,7 +40,8 @@ async def _serve(settings: Settings, until: asyncio.Future[None] | None = None) 
         create_app(settings),
         host=settings.server.host,
         port=settings.server.port,
-        log_level=settings.server.log_level,
+        log_level="warning" if quiet else settings.server.log_level,
+        access_log=not quiet,
         ws_max_size=4 * 1024 * 1024,
     )
     server = uvicorn.Server(config)
@@ -210,6 +211,53 @@ def cmd_rules_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_calls(args: argparse.Namespace) -> int:
+    from compliance_monitor.evalcalls import format_summary, summarise
+
+    summary = summarise(asyncio.run(_eval_calls(args)))
+    print(json.dumps(summary, ensure_ascii=False, indent=1) if args.json else format_summary(summary))
+    return 0
+
+
+async def _eval_calls(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
+    from compliance_monitor.evalcalls import run_eval
+
+    manifest = Path(args.manifest)
+    if args.url:
+        return await run_eval(
+            manifest,
+            args.url.rstrip("/"),
+            bridge=args.bridge,
+            concurrency=args.concurrency,
+            speed=args.speed,
+            only=args.call,
+        )
+    settings = _settings(args).model_copy(update={"server": ServerSettings(port=_free_port())})
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(_serve(settings, stop, quiet=True))  # stdout is the report
+    try:
+        await _wait_until_up(settings)
+        return await run_eval(
+            manifest,
+            f"ws://127.0.0.1:{settings.server.port}",
+            bridge=args.bridge,
+            concurrency=args.concurrency,
+            speed=args.speed,
+            only=args.call,
+        )
+    finally:
+        stop.set_result(None)
+        await server
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compliance-monitor", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML or YAML settings file (env CM_* overrides it)")
@@ -253,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--errors", type=int, default=0, help="list this many false alarms and misses")
     ev.set_defaults(func=cmd_rules_eval)
+
+    evaluate = sub.add_parser("eval", help="measure detection quality").add_subparsers(dest="eval_cmd", required=True)
+    calls = evaluate.add_parser("calls", help="stream labelled calls through the bridge and score the alerts")
+    calls.add_argument("manifest", help="manifest.jsonl of labelled calls (see ../shared/calls/dev/README.md)")
+    calls.add_argument("--bridge", choices=["twilio", "pcm"], default="twilio")
+    calls.add_argument("--concurrency", type=int, default=2)
+    calls.add_argument("--speed", type=float, default=1.0, help="1 = real time")
+    calls.add_argument("--url", help="ws://host:port of a running monitor (default: start one in-process)")
+    calls.add_argument("--call", action="append", help="only this call id (repeatable)")
+    calls.add_argument("--json", action="store_true")
+    calls.set_defaults(func=cmd_eval_calls)
 
     demo = sub.add_parser("demo", help="serve and stream a bundled collection call through the bridge")
     demo.add_argument("--host")

@@ -89,6 +89,9 @@ class PolicySettings(BaseModel):
     halt_at: Literal["info", "warn", "high", "critical", "never"] = "critical"
     auto_halt: bool = Field(False, description="halt without a supervisor when a halt is warranted")
     cooldown_s: float = 30.0
+    check_partials_from: Literal["info", "warn", "high", "critical", "never"] = Field(
+        "high", description="check partial transcripts against rules of this severity and above (faster alerts)"
+    )
 
 
 class ArchiveSettings(BaseModel):

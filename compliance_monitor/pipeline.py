@@ -40,6 +40,7 @@ from compliance_monitor.messages import (
     Finding,
     FindingEvent,
     NormalisedText,
+    Severity,
     Speaker,
     Transcript,
     TranscriptEvent,
@@ -93,6 +94,9 @@ class CallSession:
             sp: deque(maxlen=max(1, engine.max_context - 1)) for sp in started.speakers
         }
         self._last_t = 0.0
+        floor = s.policy.check_partials_from
+        self._partial_floor = None if floor == "never" else Severity(floor).rank
+        self._from_partials: dict[tuple[str, str, int], int] = {}  # findings raised on partials, by segment
         self._ended = asyncio.Event()
         self.end_reason = "unknown"
         self.task: asyncio.Task[None] | None = None
@@ -190,17 +194,26 @@ class CallSession:
             )
         )
         self._last_t = max(self._last_t, tr.t1)
+        context = self._context[tr.speaker]
         if tr.final:
-            context = self._context[tr.speaker]
             for finding in svc.rules.detect(tr, text, tuple(context)):
-                if svc.policy.is_new(finding):
+                key = (finding.rule_id, finding.speaker.value, finding.segment_no)
+                if (partial_id := self._from_partials.pop(key, None)) is not None:
+                    await svc.archive.link_finding(partial_id, segment_id)  # the final confirms it
+                elif svc.policy.is_new(finding):
                     await self._raise(finding, segment_id)
             context.append(text)
             self._omissions.observe(tr.speaker, tr.t0, text)
+        elif self._partial_floor is not None:
+            # Serious findings need not wait for the end of a long turn: check the partial hypothesis.
+            for finding in svc.rules.detect(tr, text, tuple(context)):
+                if finding.severity.rank >= self._partial_floor and svc.policy.is_new(finding):
+                    key = (finding.rule_id, finding.speaker.value, finding.segment_no)
+                    self._from_partials[key] = await self._raise(finding, None)
         for finding in self._omissions.due(self._last_t):
             await self._raise(finding, None)
 
-    async def _raise(self, finding: Finding, segment_id: int | None) -> None:
+    async def _raise(self, finding: Finding, segment_id: int | None) -> int:
         svc = self.services
         finding_id = await svc.archive.add_finding(finding, segment_id)
         await self._publish(
@@ -225,6 +238,7 @@ class CallSession:
         )
         for action in svc.policy.decide(finding):
             await self._act(action, finding_id)
+        return finding_id
 
     async def _act(self, action: Action, finding_id: int) -> None:
         action_id = await self.services.archive.add_action(action, finding_id)

@@ -204,6 +204,17 @@ class Archive:
 
         return await self._run(self._write, write)
 
+    async def link_finding(self, finding_id: int, segment_id: int | None) -> None:
+        """A finding raised on a partial transcript, confirmed by the final segment: record which one."""
+        if segment_id is None:
+            return
+
+        def write() -> None:
+            self.db.execute("UPDATE findings SET segment_id = ? WHERE finding_id = ?", (segment_id, finding_id))
+            self._audit("finding_confirmed", finding_id, {"segment_id": segment_id})
+
+        await self._run(self._write, write)
+
     async def add_action(self, action: Action, finding_id: int | None, actor: str = "policy") -> int:
         return await self.add_manual_action(action.call_id, action.kind.value, action.reason, finding_id, actor)
 

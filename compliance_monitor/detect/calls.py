@@ -17,12 +17,19 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from compliance_monitor.detect.pinyin import sounds
 from compliance_monitor.detect.rulepack import RequiredItem, Rule
 from compliance_monitor.messages import CallStarted, Finding, NormalisedText, Speaker
 
 
 def _satisfied(item: RequiredItem, text: str) -> bool:
-    return any(k in text for k in item.keywords) or any(re.search(p, text) for p in item.regex)
+    lowered = text.lower()
+    if any(k.lower() in lowered for k in item.keywords) or any(re.search(p, text, re.IGNORECASE) for p in item.regex):
+        return True
+    if item.pinyin:  # 逾期 heard as 于其, 贷款 as 带款: same sounds
+        heard = sounds(text, item.pinyin)
+        return any(sounds(k, item.pinyin) in heard for k in item.keywords)
+    return False
 
 
 @dataclass

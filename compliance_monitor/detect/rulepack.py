@@ -94,6 +94,7 @@ class RequiredItem(_Strict):
     name: str
     keywords: list[str] = Field(default_factory=list)
     regex: list[str] = Field(default_factory=list)
+    pinyin: PinyinMode | None = Field(None, description="keywords also count when they sound alike (ASR errors)")
 
     @model_validator(mode="after")
     def _not_empty(self) -> RequiredItem:

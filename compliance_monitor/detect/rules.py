@@ -138,6 +138,7 @@ class RuleEngine:
 
     def _scan(self, text: NormalisedText, speaker: Speaker, max_context: int) -> dict[str, tuple[str, Span]]:
         hits: dict[str, tuple[str, Span]] = {}
+        lowered_text = text.text.lower()
 
         def offer(rule_id: str, matched: str, span: Span, haystack: str) -> None:
             rule = self.rules[rule_id]
@@ -149,7 +150,7 @@ class RuleEngine:
                 return
             if m.negation and m.field == "text" and negated(haystack, span[0]):
                 return
-            if any(guard in text.text for guard in m.unless):
+            if any(guard.lower() in lowered_text for guard in m.unless):
                 return
             hits[rule_id] = (matched, span)
 
