@@ -258,6 +258,31 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cmd_asr_eval(args: argparse.Namespace) -> int:
+    from compliance_monitor.asr.decoder import WhisperDecoder
+    from compliance_monitor.asr.evaluate import evaluate, format_rows, load_manifest, summarise
+    from compliance_monitor.asr.weights import resolve_model
+
+    settings = _settings(args)
+    model_dir = str(resolve_model(settings.asr.model, settings.asr.cache_dir))
+    variants = {f"window={w}": settings.asr.model_copy(update={"encoder_window_frames": w}) for w in args.window}
+    decoders = {name: WhisperDecoder(model_dir, s) for name, s in variants.items()}
+    for decoder in decoders.values():
+        decoder.warm_up()
+    rows = evaluate(load_manifest(Path(args.manifest)), decoders, variants, args.beam, args.mode, args.condition)
+    if args.json:
+        print(
+            json.dumps(
+                {"rows": [r.__dict__ | {"rtf": r.rtf} for r in rows], "summary": summarise(rows)},
+                ensure_ascii=False,
+                indent=1,
+            )
+        )
+    else:
+        print(format_rows(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compliance-monitor", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML or YAML settings file (env CM_* overrides it)")
@@ -312,6 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     calls.add_argument("--call", action="append", help="only this call id (repeatable)")
     calls.add_argument("--json", action="store_true")
     calls.set_defaults(func=cmd_eval_calls)
+
+    asr = sub.add_parser("asr", help="measure speech recognition").add_subparsers(dest="asr_cmd", required=True)
+    asr_eval = asr.add_parser("eval", help="CER and RTF over a manifest of real recordings")
+    asr_eval.add_argument("manifest", help="JSONL: audio, reference, kind, source, licence")
+    asr_eval.add_argument("--condition", nargs="+", choices=["clean", "telephone"], default=["clean", "telephone"])
+    asr_eval.add_argument("--mode", nargs="+", choices=["whole", "streaming"], default=["whole", "streaming"])
+    asr_eval.add_argument("--beam", nargs="+", type=int, default=[5])
+    asr_eval.add_argument("--window", nargs="+", type=int, default=[500], help="encoder window(s), 0 = 30 s")
+    asr_eval.add_argument("--json", action="store_true")
+    asr_eval.set_defaults(func=cmd_asr_eval)
 
     demo = sub.add_parser("demo", help="serve and stream a bundled collection call through the bridge")
     demo.add_argument("--host")
