@@ -210,3 +210,11 @@ def test_invalid_call_level_rules_are_rejected(tmp_path: Path) -> None:
     )
     with pytest.raises(RulePackError, match="needs 'required' and 'within_s'"):
         pack_from(tmp_path, bad)
+
+
+def test_id_number_ending_in_x_passes_its_check_digit(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    first17 = next(f"1101051949123100{d}" for d in "0123456789" if id_check_char(f"1101051949123100{d}") == "X")
+    pack = pack_from(
+        tmp_path, rule("t.id", "      field: digits\n      regex: ['\\d{17}[\\dXx]']\n      validate: id_card\n")
+    )
+    assert fired(RuleEngine([pack]), tokenizer, f"身份证号{first17}X") == {"t.id"}

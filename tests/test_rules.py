@@ -67,13 +67,17 @@ POSITIVES: dict[str, list[str]] = {
     "threat.consequences": ["今天不还款后果自负", "你不接电话是吧，咱们走着瞧"],
     "threat.violence": ["信不信我找人收拾你", "再拖下去我弄死你"],
     "threat.family": ["小心你的家人出门被车撞", "你全家都别想过好日子"],
+    "threat.veiled": ["这钱不还，以后找你的就是别人了，他们可没我这么客气", "你晚上一个人回家小心点"],
+    "threat.public_shaming": ["过两天去你们公司门口拉横幅", "你的欠条我挂到你们村群里去"],
     "abuse.insult": ["你就是个老赖", "你这个废物，真不要脸"],
     "abuse.discrimination": ["你们这些乡下人就是不讲信用", "穷鬼还借什么钱"],
     "impersonation.authority": ["我是法院的工作人员，现在通知你", "我们是公安局经侦大队的"],
     "impersonation.false_legal_claim": ["法院已经立案了，马上拘留你", "我们已经起诉你了，等着收传票吧"],
     "disclosure.tell_family_or_work": ["我会告诉你家人你欠钱的事", "我们会打你通讯录里的每一个人"],
     "disclosure.third_party_call": ["你儿子欠了我们三万块，你知道吗", "你老婆欠的钱你得帮她还钱"],
+    "disclosure.public_exposure": ["你不还我就把欠条晒到朋友圈", "到时候整个小区的街坊邻居都知道你欠钱"],
     "privacy.id_number": [],  # built from a computed ID number below
+    "privacy.id_number_x": ["你身份证号三二零幺零六 幺九八七零九二零 零零三叉，没错吧"],
     "privacy.bank_card": ["您尾号的卡号是六二二二零二幺二三四五六七八九零幺二"],  # 18 digits, Luhn-valid
     "privacy.mobile_number": ["他的手机是幺三八零零幺三八零零零", "你打这个号码13912345678"],
     "customer.abuse": ["你们这帮吸血鬼", "滚蛋，别再打来了"],

@@ -179,7 +179,7 @@ class RuleEngine:
             validator = VALIDATORS.get(m.validate_as or "")
             for regex in st.regexes:
                 for found in regex.finditer(haystack):
-                    if validator is None or validator(re.sub(r"\D", "", found.group(0))):
+                    if validator is None or validator(re.sub(r"[^0-9Xx]", "", found.group(0))):
                         offer(st.rule.id, found.group(0), found.span(), haystack)
                         break
             if m.tokens and st.rule.id not in hits:
