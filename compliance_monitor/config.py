@@ -20,7 +20,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from compliance_monitor.resources import default_rules_dir
+from compliance_monitor.resources import default_classifier_dir, default_rules_dir
 
 
 class ServerSettings(BaseModel):
@@ -83,6 +83,12 @@ class RulesSettings(BaseModel):
     watch: bool = Field(True, description="reload rule packs when their files change")
 
 
+class ClassifierSettings(BaseModel):
+    enabled: bool = True
+    path: Path = Field(default_factory=default_classifier_dir, description="built by scripts/train_classifier.py")
+    threads: int = 1
+
+
 class PolicySettings(BaseModel):
     warn_at: Literal["info", "warn", "high", "critical"] = "warn"
     alert_supervisor_at: Literal["info", "warn", "high", "critical"] = "high"
@@ -138,6 +144,7 @@ class Settings(BaseSettings):
     asr: AsrSettings = Field(default_factory=AsrSettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     bus: BusSettings = Field(default_factory=BusSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

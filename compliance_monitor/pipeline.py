@@ -27,6 +27,7 @@ from compliance_monitor.bus.redis_bus import RedisBus
 from compliance_monitor.config import Settings
 from compliance_monitor.detect.calls import OmissionTracker, check_call_start, debtor_info, local_midnight
 from compliance_monitor.detect.engine import RuleSet
+from compliance_monitor.detect.model import ModelDetector
 from compliance_monitor.ingest.base import CloseCode, ProtocolError
 from compliance_monitor.messages import (
     Action,
@@ -67,6 +68,7 @@ class Services:
     policy: PolicyEngine
     archive: Archive
     bus: InMemoryBus | RedisBus
+    model: ModelDetector | None = None
 
 
 class CallSession:
@@ -196,12 +198,18 @@ class CallSession:
         self._last_t = max(self._last_t, tr.t1)
         context = self._context[tr.speaker]
         if tr.final:
-            for finding in svc.rules.detect(tr, text, tuple(context)):
+            rule_findings = svc.rules.detect(tr, text, tuple(context))
+            for finding in rule_findings:
                 key = (finding.rule_id, finding.speaker.value, finding.segment_no)
                 if (partial_id := self._from_partials.pop(key, None)) is not None:
                     await svc.archive.link_finding(partial_id, segment_id)  # the final confirms it
                 elif svc.policy.is_new(finding):
                     await self._raise(finding, segment_id)
+            if svc.model is not None:
+                named = {f.category for f in rule_findings} | self._partial_categories(tr)
+                for finding in await svc.model.detect(tr, text, tuple(context)):
+                    if finding.category not in named and svc.policy.is_new(finding):
+                        await self._raise(finding, segment_id)
             context.append(text)
             self._omissions.observe(tr.speaker, tr.t0, text)
         elif self._partial_floor is not None:
@@ -212,6 +220,15 @@ class CallSession:
                     self._from_partials[key] = await self._raise(finding, None)
         for finding in self._omissions.due(self._last_t):
             await self._raise(finding, None)
+
+    def _partial_categories(self, tr: Transcript) -> set[str]:
+        return {
+            self.services.rules.engine.rules[rule_id].category
+            for rule_id, speaker, segment_no in self._from_partials
+            if speaker == tr.speaker.value
+            and segment_no == tr.segment_no
+            and rule_id in self.services.rules.engine.rules
+        }
 
     async def _raise(self, finding: Finding, segment_id: int | None) -> int:
         svc = self.services

@@ -28,3 +28,7 @@ def ui_dir() -> Path:
 
 def assets_dir() -> Path:
     return _PACKAGE_DIR / "assets"
+
+
+def default_classifier_dir() -> Path:
+    return _PACKAGE_DIR.parent / "models" / "classifier"

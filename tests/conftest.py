@@ -93,6 +93,7 @@ def make_settings(tmp: Path, **overrides: object) -> Settings:
         # or on what the AISHELL clips leave unsaid (the opening-disclosure rule). The real pack is tested
         # in test_rules.py and end to end by test_cli.py's demo run.
         "rules": {"packs": [], "extra_files": [test_rules]},
+        "classifier": {"enabled": False},  # the live-path tests check rules; tests/test_model.py checks the model path
     }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from compliance_monitor.bus.memory import InMemoryBus
 from compliance_monitor.bus.redis_bus import RedisBus
 from compliance_monitor.config import BusSettings, Settings
 from compliance_monitor.detect.engine import RuleSet
+from compliance_monitor.detect.model import load_model_detector
 from compliance_monitor.pipeline import Monitor, Services
 from compliance_monitor.policy.engine import PolicyEngine
 from compliance_monitor.resources import ui_dir
@@ -59,7 +60,12 @@ async def build_services(settings: Settings, decoder_factory: DecoderFactory | N
     log.info(
         "monitor ready: ASR on %s, %d rules, archive %s", asr.device, rules.engine.rule_count, settings.archive.path
     )
-    return Services(settings, asr, tokenizer, rules, PolicyEngine(settings.policy), archive, bus)
+    model = (
+        load_model_detector(settings.classifier.path, settings.classifier.threads)
+        if settings.classifier.enabled
+        else None
+    )
+    return Services(settings, asr, tokenizer, rules, PolicyEngine(settings.policy), archive, bus, model)
 
 
 def build_bus(settings: BusSettings) -> InMemoryBus | RedisBus:
@@ -87,6 +93,8 @@ def create_app(settings: Settings, decoder_factory: DecoderFactory | None = None
             await services.asr.aclose()
             await services.bus.aclose()
             await services.archive.aclose()
+            if services.model:
+                services.model.close()
 
     app = FastAPI(title="Call compliance monitor", version="0.1.0", lifespan=lifespan)
     app.include_router(bridges.router)

@@ -1,0 +1,93 @@
+"""Classifier findings on the live path: the utterance classifier, run off the event loop, as Findings.
+
+Rules catch what compliance officers can name; the classifier catches paraphrases and what ASR garbles.
+Its findings say so (``source="model"``, ``score``) and go through the same policy as rule findings. On a
+segment where a rule already raised the same category, the model adds nothing (one alert per category).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+from compliance_monitor.messages import Finding, NormalisedText, Severity, Speaker, Transcript
+
+log = logging.getLogger(__name__)
+
+# Model findings are one step more cautious than the rules' usual severity: a score, not a named phrase.
+SEVERITY = {
+    "threat": Severity.HIGH,
+    "impersonation": Severity.HIGH,
+    "third_party_disclosure": Severity.HIGH,
+    "abuse": Severity.WARN,
+    "privacy_leak": Severity.WARN,
+    "customer_abuse": Severity.INFO,
+}
+EXPLANATION = {
+    "threat": ("模型判断：疑似威胁恐吓。", "请勿使用威胁或暗示性的恐吓语言。"),
+    "abuse": ("模型判断：疑似辱骂或侮辱。", "请保持礼貌用语。"),
+    "impersonation": ("模型判断：疑似冒充公检法或虚构法律后果。", "请如实说明身份与可能的合法途径。"),
+    "third_party_disclosure": ("模型判断：疑似向第三方透露债务。", "不得向他人透露或威胁透露客户债务。"),
+    "privacy_leak": ("模型判断：疑似泄露个人信息。", "请勿读出完整的个人信息。"),
+    "customer_abuse": ("模型判断：客户言语激动（仅提示）。", "客户情绪激动，请保持冷静。"),
+}
+
+
+class Classifier(Protocol):
+    def predict(self, texts: list[str], speakers: list[str]) -> list[dict[str, float]]: ...
+
+    def above_threshold(self, scores: dict[str, float]) -> list[tuple[str, float]]: ...
+
+
+class ModelDetector:
+    def __init__(self, classifier: Classifier) -> None:
+        self.classifier = classifier
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classifier")
+
+    async def detect(
+        self, tr: Transcript, text: NormalisedText, context: Sequence[NormalisedText] = ()
+    ) -> list[Finding]:
+        loop = asyncio.get_running_loop()
+        scores = await loop.run_in_executor(self._executor, self.classifier.predict, [text.text], [tr.speaker.value])
+        return [
+            self._finding(tr, label, score)
+            for label, score in self.classifier.above_threshold(scores[0])
+            if label in SEVERITY and (label == "customer_abuse") == (tr.speaker is Speaker.CUSTOMER)
+        ]
+
+    @staticmethod
+    def _finding(tr: Transcript, label: str, score: float) -> Finding:
+        supervisor, collector = EXPLANATION[label]
+        return Finding(
+            call_id=tr.call_id,
+            speaker=tr.speaker,
+            segment_no=tr.segment_no,
+            rule_id=f"model.{label}",
+            category=label,
+            severity=SEVERITY[label],
+            matched_text="",
+            span=(0, 0),
+            t0=tr.t0,
+            t1=tr.t1,
+            explanation=f"{supervisor}（置信度 {score:.2f}）",
+            collector_explanation=collector,
+            source="model",
+            score=round(score, 3),
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def load_model_detector(path: Path, threads: int) -> ModelDetector | None:
+    """The trained classifier, or None (with the reason logged) when it has not been built."""
+    if not (path / "config.json").is_file():
+        log.warning("no utterance classifier at %s (build it with scripts/train_classifier.py): rules only", path)
+        return None
+    from compliance_monitor.detect.classifier import UtteranceClassifier
+
+    return ModelDetector(UtteranceClassifier.load(path, threads=threads))
