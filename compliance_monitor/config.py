@@ -84,7 +84,9 @@ class RulesSettings(BaseModel):
 
 
 class ClassifierSettings(BaseModel):
-    enabled: bool = True
+    # Off until a model beats the rules on held-out data: the first one adds 9 catches and 11 false alarms on
+    # tests/data/utterances_test.jsonl (models/classifier.md), and a false alarm interrupts a collector.
+    enabled: bool = False
     path: Path = Field(default_factory=default_classifier_dir, description="built by scripts/train_classifier.py")
     threads: int = 1
 

@@ -1,0 +1,365 @@
+"""Train the utterance classifier (char-level BERT from scratch) and the TF-IDF baseline; calibrate; save.
+
+    .venv/bin/python scripts/make_classifier_data.py          # → tests/data/classifier_train_extra.jsonl
+    .venv/bin/python scripts/train_classifier.py --out models/classifier
+    .venv/bin/python scripts/train_classifier.py --eval-only --eval-test --out models/classifier   # once, at the end
+
+Training data: COLD train (offensive → ``abuse`` as agent and ``customer_abuse`` as customer; safe → no label, random
+speaker) + the generated collection text (``--extra``), the latter repeated ``--extra-copies`` times with ASR-noise
+augmentation (homophones, dropped characters, traditional characters). ``tests/data/utterances_dev.jsonl`` is used
+only for thresholds and reporting; ``utterances_test.jsonl`` only with ``--eval-test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from compliance_monitor.detect.classifier import (  # noqa: E402
+    LABELS,
+    TrainConfig,
+    UtteranceClassifier,
+    build_vocab,
+    preprocess,
+    train_model,
+)
+
+Row = tuple[str, str, list[str]]
+
+COLD_DIR = Path("/work/shared/data/cold")
+HOMOPHONES = [
+    ("还", "环"),
+    ("逾期", "于其"),
+    ("上门", "伤门"),
+    ("死", "屎"),
+    ("杀", "沙"),
+    ("警察", "井察"),
+    ("法院", "发院"),
+    ("欠", "千"),
+    ("债", "寨"),
+    ("钱", "前"),
+    ("家人", "家任"),
+    ("身份证", "身份正"),
+    ("坐牢", "做牢"),
+]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_cold(path: Path) -> list[tuple[str, int]]:
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        return [(r["TEXT"], int(r["label"])) for r in csv.DictReader(f)]
+
+
+def load_jsonl(path: Path) -> list[Row]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out.append((r["text"], r.get("speaker", "agent"), list(r.get("labels", []))))
+    return out
+
+
+_s2t = None
+
+
+def augment(text: str, rng: random.Random) -> str:
+    """ASR-like noise: homophone swaps, dropped characters, sometimes traditional characters."""
+    global _s2t
+    for a, b in HOMOPHONES:
+        if a in text and rng.random() < 0.3:
+            text = text.replace(a, b, 1)
+    if rng.random() < 0.5:
+        text = "".join(ch for ch in text if rng.random() > 0.04)
+    if rng.random() < 0.3:
+        text = text.replace("，", rng.choice(["", " ", "，"])).replace("。", "")
+    if rng.random() < 0.15:
+        if _s2t is None:
+            import opencc
+
+            _s2t = opencc.OpenCC("s2t")
+        text = str(_s2t.convert(text))
+    return text
+
+
+def cold_rows(cold: list[tuple[str, int]], rng: random.Random) -> list[Row]:
+    rows: list[Row] = []
+    for text, label in cold:
+        if label:
+            rows.append((text, "agent", ["abuse"]))
+            rows.append((text, "customer", ["customer_abuse"]))
+        else:
+            rows.append((text, rng.choice(["agent", "customer"]), []))
+    return rows
+
+
+def extra_rows(extra: list[Row], copies: int, rng: random.Random) -> list[Row]:
+    rows = list(extra)
+    for _ in range(copies - 1):
+        rows += [(augment(t, rng), s, labs) for t, s, labs in extra]
+    return rows
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def prf(pred: Sequence[bool], gold: Sequence[bool]) -> dict[str, float]:
+    tp = sum(p and g for p, g in zip(pred, gold, strict=True))
+    fp = sum(p and not g for p, g in zip(pred, gold, strict=True))
+    fn = sum(g and not p for p, g in zip(pred, gold, strict=True))
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": round(p, 3), "recall": round(r, 3), "f1": round(f, 3), "tp": tp, "fp": fp, "fn": fn}
+
+
+def label_metrics(
+    scores: list[dict[str, float]], data: list[Row], thresholds: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    out = {}
+    for lab in LABELS:
+        pred = [s[lab] >= thresholds[lab] for s in scores]
+        gold = [lab in labs for _, _, labs in data]
+        out[lab] = prf(pred, gold)
+    pred_all = [s[lab] >= thresholds[lab] for s in scores for lab in LABELS]
+    gold_all = [lab in labs for _, _, labs in data for lab in LABELS]
+    out["(micro)"] = prf(pred_all, gold_all)
+    return out
+
+
+def calibrate(scores: list[dict[str, float]], data: list[Row], target: float = 0.9) -> dict[str, float]:
+    """Per label: the lowest threshold (max recall) with precision ≥ target on ``data``.
+
+    Where no threshold reaches ``target``: the threshold of highest precision with at least 3 true positives (ties:
+    higher recall), so that an OR with the rules loses as little precision as possible; 0.5 if none.
+    """
+    thr = {}
+    for lab in LABELS:
+        pairs = sorted(((s[lab], lab in labs) for s, (_, _, labs) in zip(scores, data, strict=True)), reverse=True)
+        best_ok, best_p = None, (0.0, 0.0, 0.5)
+        tp = fp = 0
+        n_pos = sum(g for _, g in pairs)
+        for i, (score, gold) in enumerate(pairs):
+            tp, fp = tp + gold, fp + (not gold)
+            if i + 1 < len(pairs) and pairs[i + 1][0] == score:
+                continue  # ties: only cut between distinct scores
+            if score < 0.05:
+                break
+            p, r = tp / (tp + fp), tp / n_pos if n_pos else 0.0
+            if p >= target and tp > 0:
+                best_ok = score
+            if tp >= 3 and (p, r) > best_p[:2]:
+                best_p = (p, r, score)
+        thr[lab] = round(float(best_ok if best_ok is not None else best_p[2]), 4)
+    return thr
+
+
+def fmt(metrics: dict[str, dict[str, float]], title: str, thresholds: dict[str, float] | None = None) -> str:
+    lines = [title, f"  {'label':<24} {'thr':>6} {'P':>6} {'R':>6} {'F1':>6} {'TP':>4} {'FP':>4} {'FN':>4}"]
+    for lab, m in metrics.items():
+        t = f"{thresholds[lab]:.3f}" if thresholds and lab in thresholds else ""
+        lines.append(
+            f"  {lab:<24} {t:>6} {m['precision']:>6.3f} {m['recall']:>6.3f} {m['f1']:>6.3f}"
+            f" {m['tp']:>4} {m['fp']:>4} {m['fn']:>4}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+class TfidfBaseline:
+    """char 1–3-gram TF-IDF + one logistic regression per label; speaker as a marker character."""
+
+    def __init__(self, C: float = 10.0) -> None:
+        self.C = C
+
+    @staticmethod
+    def _x(texts: Sequence[str], speakers: Sequence[str]) -> list[str]:
+        return [("Ⓒ" if s == "customer" else "Ⓐ") + preprocess(t) for t, s in zip(texts, speakers, strict=True)]
+
+    def fit(self, rows: list[Row]) -> TfidfBaseline:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        self.vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), min_df=2, sublinear_tf=True)
+        x = self.vec.fit_transform(self._x([r[0] for r in rows], [r[1] for r in rows]))
+        self.models = {}
+        for lab in LABELS:
+            y = [lab in r[2] for r in rows]
+            self.models[lab] = LogisticRegression(C=self.C, max_iter=2000, solver="liblinear").fit(x, y)
+        return self
+
+    def predict(self, texts: Sequence[str], speakers: Sequence[str]) -> list[dict[str, float]]:
+        x = self.vec.transform(self._x(texts, speakers))
+        cols = {lab: m.predict_proba(x)[:, 1] for lab, m in self.models.items()}
+        out = [{lab: float(cols[lab][i]) for lab in LABELS} for i in range(len(texts))]
+        for o, s in zip(out, speakers, strict=True):
+            if s != "customer":
+                o["customer_abuse"] = 0.0
+        return out
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def rules_predictions(data: list[Row]) -> list[set[str]]:
+    from compliance_monitor.config import load_settings
+    from compliance_monitor.detect.engine import pack_files
+    from compliance_monitor.detect.rules import RuleEngine
+    from compliance_monitor.messages import Speaker
+    from compliance_monitor.text.normalise import normalise
+    from compliance_monitor.text.tokenise import Tokenizer
+
+    settings = load_settings(None)
+    engine = RuleEngine.from_files(pack_files(settings.rules))
+    tok = Tokenizer(settings.rules.dir / settings.rules.user_dict)
+    return [{m.rule.category for m in engine.match(normalise(t, tok), Speaker(s))} for t, s, _ in data]
+
+
+def set_metrics(preds: list[set[str]], data: list[Row]) -> dict[str, dict[str, float]]:
+    out = {lab: prf([lab in p for p in preds], [lab in g for _, _, g in data]) for lab in LABELS}
+    out["(micro)"] = prf([lab in p for p in preds for lab in LABELS], [lab in g for _, _, g in data for lab in LABELS])
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "models/classifier")
+    ap.add_argument("--extra", type=Path, default=ROOT / "tests/data/classifier_train_extra.jsonl")
+    ap.add_argument("--dev", type=Path, default=ROOT / "tests/data/utterances_dev.jsonl")
+    ap.add_argument("--test", type=Path, default=ROOT / "tests/data/utterances_test.jsonl")
+    ap.add_argument("--cold", type=Path, default=COLD_DIR)
+    ap.add_argument("--extra-copies", type=int, default=8)
+    ap.add_argument("--epochs", type=float, default=2.5)
+    ap.add_argument("--time-budget", type=float, default=400.0, help="seconds of transformer training at most")
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--eval-only", action="store_true", help="load --out instead of training")
+    ap.add_argument("--eval-test", action="store_true", help="also evaluate on the held-out test set (once!)")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+    cold_train = load_cold(args.cold / "train.csv")
+    cold_dev = load_cold(args.cold / "dev.csv")
+    extra = load_jsonl(args.extra)
+    rows = cold_rows(cold_train, rng) + extra_rows(extra, args.extra_copies, rng)
+    rng.shuffle(rows)
+    dev = load_jsonl(args.dev)
+    print(f"training rows {len(rows)} (COLD {len(cold_train)}, extra {len(extra)} × {args.extra_copies})")
+
+    metrics: dict[str, object] = {}
+    if args.eval_only:
+        clf = UtteranceClassifier.load(args.out, threads=args.threads)
+        metrics = json.loads((args.out / "metrics.json").read_text(encoding="utf-8"))
+    else:
+        cfg = TrainConfig(
+            hidden=args.hidden,
+            layers=args.layers,
+            intermediate=args.hidden * 4,
+            epochs=args.epochs,
+            seed=args.seed,
+            threads=args.threads,
+            time_budget_s=args.time_budget,
+        )
+        vocab = build_vocab([r[0] for r in rows], cfg.min_char_count)
+        t0 = time.monotonic()
+        clf = train_model(rows, cfg, vocab=vocab)
+        train_s = time.monotonic() - t0
+        print(f"transformer trained in {train_s:.0f}s, vocab {len(vocab)}")
+        metrics["train_seconds"] = round(train_s, 1)
+        metrics["config"] = vars(cfg)
+
+        # COLD dev: abuse, binary, agent framing
+        s = clf.predict([t for t, _ in cold_dev], ["agent"] * len(cold_dev))
+        acc = sum((x["abuse"] >= 0.5) == bool(y) for x, (_, y) in zip(s, cold_dev, strict=True)) / len(cold_dev)
+        metrics["cold_dev_accuracy"] = round(acc, 4)
+        print(f"COLD dev accuracy (abuse ≥ 0.5, transformer): {acc:.4f}")
+
+        dev_scores = clf.predict([t for t, _, _ in dev], [s for _, s, _ in dev])
+        m05 = label_metrics(dev_scores, dev, dict.fromkeys(LABELS, 0.5))
+        print(fmt(m05, "utterances_dev, transformer, thresholds 0.5"))
+        thr = calibrate(dev_scores, dev)
+        clf.thresholds = thr
+        mc = label_metrics(dev_scores, dev, thr)
+        print(fmt(mc, "utterances_dev, transformer, calibrated thresholds (P ≥ 0.9 where achievable)", thr))
+        metrics["thresholds"] = thr
+        metrics["dev_at_0.5"] = m05
+        metrics["dev_calibrated"] = mc
+        metrics["latency_ms_batch1"] = round(clf.latency_ms(1), 2)
+        metrics["latency_ms_batch8"] = round(clf.latency_ms(8), 2)
+        print(f"latency batch 1: {metrics['latency_ms_batch1']} ms, batch 8: {metrics['latency_ms_batch8']} ms")
+        clf.save(args.out, metrics)
+        print(f"saved to {args.out}")
+
+    base = None
+    if not args.no_baseline:
+        t0 = time.monotonic()
+        base = TfidfBaseline().fit(rows)
+        bs = base.predict([t for t, _ in cold_dev], ["agent"] * len(cold_dev))
+        bacc = sum((x["abuse"] >= 0.5) == bool(y) for x, (_, y) in zip(bs, cold_dev, strict=True)) / len(cold_dev)
+        print(
+            f"baseline fitted in {time.monotonic() - t0:.0f}s; COLD dev accuracy (abuse ≥ 0.5, TF-IDF+LR): {bacc:.4f}"
+        )
+        bdev = base.predict([t for t, _, _ in dev], [s for _, s, _ in dev])
+        print(fmt(label_metrics(bdev, dev, dict.fromkeys(LABELS, 0.5)), "utterances_dev, TF-IDF baseline, 0.5"))
+        bthr = calibrate(bdev, dev)
+        print(fmt(label_metrics(bdev, dev, bthr), "utterances_dev, TF-IDF baseline, calibrated", bthr))
+        metrics["baseline"] = {
+            "cold_dev_accuracy": round(bacc, 4),
+            "dev_at_0.5": label_metrics(bdev, dev, dict.fromkeys(LABELS, 0.5)),
+            "thresholds": bthr,
+            "dev_calibrated": label_metrics(bdev, dev, bthr),
+        }
+
+    # rules and rules OR classifier on dev (tuning set)
+    rdev = rules_predictions(dev)
+    cdev = [
+        {lab for lab, _ in clf.above_threshold(s)} for s in clf.predict([t for t, _, _ in dev], [s for _, s, _ in dev])
+    ]
+    print(fmt(set_metrics(rdev, dev), "utterances_dev, rules alone"))
+    print(
+        fmt(set_metrics([a | b for a, b in zip(rdev, cdev, strict=True)], dev), "utterances_dev, rules OR classifier")
+    )
+
+    if args.eval_test:
+        test = load_jsonl(args.test)
+        ts = clf.predict([t for t, _, _ in test], [s for _, s, _ in test])
+        ctest = [{lab for lab, _ in clf.above_threshold(s)} for s in ts]
+        rtest = rules_predictions(test)
+        res = {
+            "classifier": set_metrics(ctest, test),
+            "rules": set_metrics(rtest, test),
+            "rules_or_classifier": set_metrics([a | b for a, b in zip(rtest, ctest, strict=True)], test),
+        }
+        if base is not None:
+            bt = base.predict([t for t, _, _ in test], [s for _, s, _ in test])
+            bthr = metrics["baseline"]["thresholds"]  # type: ignore[index]
+            res["tfidf_baseline"] = set_metrics([{lab for lab in LABELS if s[lab] >= bthr[lab]} for s in bt], test)
+        for name, m in res.items():
+            print(fmt(m, f"utterances_test (held out), {name}"))
+        metrics["test"] = res
+        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
