@@ -218,3 +218,25 @@ def test_id_number_ending_in_x_passes_its_check_digit(tmp_path: Path, tokenizer:
         tmp_path, rule("t.id", "      field: digits\n      regex: ['\\d{17}[\\dXx]']\n      validate: id_card\n")
     )
     assert fired(RuleEngine([pack]), tokenizer, f"身份证号{first17}X") == {"t.id"}
+
+
+def test_regex_prefilter_never_changes_what_fires(cn: RulePack, tokenizer: Tokenizer) -> None:
+    import json
+
+    from compliance_monitor.detect.prefilter import required_literals
+
+    assert required_literals("(你|你个)(就是)?(骗子|垃圾)") == {"骗子", "垃圾"}
+    assert required_literals(r"(?<!\d)\d{11}(?!\d)") is None  # no literal needed: always runs
+    fast, slow = RuleEngine([cn]), RuleEngine([cn], prefilter=False)
+    data = Path(__file__).parent / "data"
+    texts = [
+        json.loads(line)["text"]
+        for f in ("utterances_dev.jsonl", "utterances_test.jsonl")
+        for line in (data / f).read_text(encoding="utf-8").splitlines()
+    ]
+    texts += [x for r in cn.rules for x in (*r.examples.positive, *r.examples.negative)]
+    for text in texts:
+        for speaker in Speaker:
+            n = normalise(text, tokenizer)
+            got = {(m.rule.id, m.matched_text, m.span) for m in fast.match(n, speaker)}
+            assert got == {(m.rule.id, m.matched_text, m.span) for m in slow.match(n, speaker)}, text

@@ -10,7 +10,7 @@ then drop matches: wrong speaker, an ``unless`` phrase in the segment, a negatio
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import ahocorasick
 
 from compliance_monitor.detect.pii import VALIDATORS
 from compliance_monitor.detect.pinyin import PinyinIndex, PinyinMode
+from compliance_monitor.detect.prefilter import required_literals
 from compliance_monitor.detect.rulepack import Rule, RulePack, load_pack
 from compliance_monitor.messages import Finding, NormalisedText, Speaker, Transcript
 
@@ -64,7 +65,7 @@ def token_spans(text: str, tokens: Sequence[str]) -> list[Span]:
 
 
 class RuleEngine:
-    def __init__(self, packs: Iterable[RulePack]) -> None:
+    def __init__(self, packs: Iterable[RulePack], *, prefilter: bool = True) -> None:
         self.packs = list(packs)
         self.rules: dict[str, Rule] = {}
         self._regexes: dict[str, tuple[re.Pattern[str], ...]] = {}
@@ -100,14 +101,53 @@ class RuleEngine:
         self.utterance_rules = [r for r in self.rules.values() if r.kind == "utterance"]
         # Only rules with regex, token sequences or proximity need per-rule work on each segment.
         self._structured = [
-            _Structured(r, self._regexes[r.id], _any_of(r.match.near.a), _any_of(r.match.near.b))
-            if r.match and r.match.near
-            else _Structured(r, self._regexes[r.id], None, None)
+            _Structured(
+                r,
+                self._regexes[r.id],
+                _any_of(r.match.near.a) if r.match.near else None,
+                _any_of(r.match.near.b) if r.match.near else None,
+                VALIDATORS.get(r.match.validate_as or ""),
+            )
             for r in self.utterance_rules
             if r.match and (r.match.regex or r.match.tokens or r.match.near)
         ]
+        self._token_rules = [s for s in self._structured if s.rule.match and (s.rule.match.tokens or s.rule.match.near)]
+        self._build_regex_prefilter(prefilter)
         self.omission_rules = [r for r in self.rules.values() if r.kind == "omission"]
         self.call_start_rules = [r for r in self.rules.values() if r.kind == "call_start"]
+
+    def _build_regex_prefilter(self, enabled: bool) -> None:
+        """Number every regex; for those that need a literal, map the literal (per field) to the regex."""
+        self._regex_table: list[tuple[_Structured, re.Pattern[str]]] = []
+        self._ungated: set[int] = set()
+        words: dict[str, dict[str, set[int]]] = {"text": {}, "digits": {}}
+        for st in self._structured:
+            assert st.rule.match is not None
+            for regex in st.regexes:
+                g = len(self._regex_table)
+                self._regex_table.append((st, regex))
+                literals = required_literals(regex.pattern, re.IGNORECASE) if enabled else None
+                if literals is None:
+                    self._ungated.add(g)
+                    continue
+                for word in literals:
+                    words[st.rule.match.field].setdefault(word, set()).add(g)
+        self._triggers: dict[str, ahocorasick.Automaton] = {}
+        for field, table in words.items():
+            if table:
+                automaton = ahocorasick.Automaton()
+                for word, ids in table.items():
+                    automaton.add_word(word, frozenset(ids))
+                automaton.make_automaton()
+                self._triggers[field] = automaton
+
+    def _enabled_regexes(self, text: NormalisedText) -> set[int]:
+        enabled: set[int] = set()
+        for field, automaton in self._triggers.items():
+            haystack = (text.text if field == "text" else text.digits).lower()
+            for _end, regex_ids in automaton.iter(haystack):
+                enabled |= regex_ids
+        return enabled
 
     @classmethod
     def from_files(cls, paths: Iterable[Path]) -> RuleEngine:
@@ -166,23 +206,26 @@ class RuleEngine:
             for _keyword, rule_ids, span in index.iter(text.text):
                 for rule_id in rule_ids:
                     offer(rule_id, text.text[span[0] : span[1]], span, text.text)
-        spans: list[Span] | None = None
         has_digits = _DIGIT.search(text.digits) is not None
-        for st in self._structured:
-            if st.rule.id in hits:
-                continue
+        # Regexes: only those whose required words occur in the segment, plus the few that need none.
+        for g in sorted(self._ungated | self._enabled_regexes(text)):
+            st, regex = self._regex_table[g]
             m = st.rule.match
             assert m is not None
-            if m.field == "digits" and not has_digits:
-                continue  # most speech has no numbers: skip the PII regexes outright
+            if st.rule.id in hits or (m.field == "digits" and not has_digits):
+                continue  # most speech has no numbers: the PII regexes need not run
             haystack = text.text if m.field == "text" else text.digits
-            validator = VALIDATORS.get(m.validate_as or "")
-            for regex in st.regexes:
-                for found in regex.finditer(haystack):
-                    if validator is None or validator(re.sub(r"[^0-9Xx]", "", found.group(0))):
-                        offer(st.rule.id, found.group(0), found.span(), haystack)
-                        break
-            if m.tokens and st.rule.id not in hits:
+            for found in regex.finditer(haystack):
+                if st.validator is None or st.validator(re.sub(r"[^0-9Xx]", "", found.group(0))):
+                    offer(st.rule.id, found.group(0), found.span(), haystack)
+                    break
+        spans: list[Span] | None = None
+        for st in self._token_rules:
+            m = st.rule.match
+            assert m is not None
+            if st.rule.id in hits:
+                continue
+            if m.tokens:
                 spans = spans or token_spans(text.text, text.tokens)
                 if (seq_span := _sequence(text.tokens, spans, m.tokens)) is not None:
                     offer(st.rule.id, text.text[seq_span[0] : seq_span[1]], seq_span, text.text)
@@ -215,6 +258,7 @@ class _Structured:
     regexes: tuple[re.Pattern[str], ...]
     near_a: re.Pattern[str] | None
     near_b: re.Pattern[str] | None
+    validator: Callable[[str], bool] | None
 
 
 def _any_of(words: list[str]) -> re.Pattern[str]:
