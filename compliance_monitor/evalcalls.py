@@ -30,9 +30,10 @@ import numpy as np
 import websockets
 
 from compliance_monitor.ingest.replay import replay
+from compliance_monitor.messages import UTTERANCE_CATEGORIES
 
-TURN_CATEGORIES = {"threat", "abuse", "impersonation", "third_party_disclosure", "privacy_leak", "customer_abuse"}
-CALL_CATEGORIES = {"missing_disclosure"}
+TURN_CATEGORIES = set(UTTERANCE_CATEGORIES)
+LABELLED_CALL_CATEGORIES = {"missing_disclosure"}  # calling_hours / call_frequency depend on the clock: apart
 WARN_OR_ABOVE = {"warn", "high", "critical"}
 TURN_SLACK_S = 0.5  # a finding's segment may start a little before its turn (VAD padding)
 
@@ -85,7 +86,7 @@ def score_call(
         if f["speaker"] != "agent":
             result.customer_findings += 1
             continue
-        if f["category"] not in TURN_CATEGORIES | CALL_CATEGORIES:
+        if f["category"] not in TURN_CATEGORIES | LABELLED_CALL_CATEGORIES:
             result.other_findings.append(f)
             continue
         match = next((x for x in result.expected if x.category == f["category"] and _on_turn(x, f)), None)

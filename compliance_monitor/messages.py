@@ -15,6 +15,10 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+# One category vocabulary for rule packs, the classifier, console events, the archive and every report.
+UTTERANCE_CATEGORIES = ("threat", "abuse", "impersonation", "third_party_disclosure", "privacy_leak", "customer_abuse")
+CALL_CATEGORIES = ("missing_disclosure", "calling_hours", "call_frequency")  # decided per call, not per turn
+
 
 class Speaker(StrEnum):
     AGENT = "agent"  # the collector (催收员)

@@ -15,6 +15,10 @@ import pytest
 
 from compliance_monitor.audio.wavfile import read_wav
 from compliance_monitor.config import Settings
+from compliance_monitor.detect.rules import RuleEngine
+from compliance_monitor.messages import Speaker
+from compliance_monitor.text.normalise import normalise
+from compliance_monitor.text.tokenise import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CM_SHARED_DIR", REPO.parent / "shared"))
@@ -81,6 +85,17 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Tokenizer:
+    """The project's tokenizer with the domain dictionary; one per session (jieba takes ~0.5 s to start)."""
+    return Tokenizer(REPO / "rules" / "user_dict.txt")
+
+
+def fired(engine: RuleEngine, tokenizer: Tokenizer, sentence: str, speaker: Speaker = Speaker.AGENT) -> set[str]:
+    """Ids of the rules that fire on ``sentence``."""
+    return {m.rule.id for m in engine.match(normalise(sentence, tokenizer), speaker)}
 
 
 def make_settings(tmp: Path, **overrides: object) -> Settings:

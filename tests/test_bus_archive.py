@@ -136,11 +136,6 @@ async def test_unsubscribe_and_async_iteration() -> None:
 # --------------------------------------------------------------------------- archive
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    return Tokenizer(USER_DICT)
-
-
 @pytest.fixture
 async def archive(tmp_path: Path, tokenizer: Tokenizer) -> AsyncIterator[Archive]:
     arc = Archive(tmp_path / "archive.sqlite3", tokenizer.cut_for_search)

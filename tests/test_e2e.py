@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import websockets
 
+from compliance_monitor.asr.evaluate import cer
 from compliance_monitor.audio.resample import float_to_pcm16
 from compliance_monitor.audio.wavfile import write_wav
 from compliance_monitor.ingest.replay import replay
-from tests.cer import cer
 from tests.conftest import AISHELL, AUDIO, LiveServer, load_audio
 from tests.wsclient import record_feed
 

@@ -18,9 +18,10 @@ from compliance_monitor.detect.calls import OmissionTracker, check_call_start, d
 from compliance_monitor.detect.evaluate import Scores, check_examples, evaluate, load_dataset
 from compliance_monitor.detect.rulepack import RulePack, load_pack
 from compliance_monitor.detect.rules import RuleEngine
-from compliance_monitor.messages import CallStarted, Speaker
+from compliance_monitor.messages import CALL_CATEGORIES, UTTERANCE_CATEGORIES, CallStarted, Speaker
 from compliance_monitor.text.normalise import normalise
 from compliance_monitor.text.tokenise import Tokenizer
+from tests.conftest import fired
 
 pytestmark = pytest.mark.unit
 
@@ -28,15 +29,6 @@ REPO = Path(__file__).parents[1]
 PACK_FILE = REPO / "rules" / "us_fdcpa.yaml"
 DATASET = Path(__file__).parent / "data" / "fdcpa_utterances.jsonl"
 
-UTTERANCE_CATEGORIES = {
-    "threat",
-    "abuse",
-    "impersonation",
-    "third_party_disclosure",
-    "privacy_leak",
-    "customer_abuse",
-}
-CALL_CATEGORIES = {"missing_disclosure", "calling_hours", "call_frequency"}
 LAWFUL = [
     "We may report this to the credit bureaus.",
     "You have the right to dispute this debt.",
@@ -58,11 +50,6 @@ MARGIN = 0.05
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    return Tokenizer(REPO / "rules" / "user_dict.txt")
-
-
-@pytest.fixture(scope="module")
 def pack() -> RulePack:
     return load_pack(PACK_FILE)
 
@@ -70,10 +57,6 @@ def pack() -> RulePack:
 @pytest.fixture(scope="module")
 def engine(pack: RulePack) -> RuleEngine:
     return RuleEngine([pack])
-
-
-def fired(engine: RuleEngine, tokenizer: Tokenizer, sentence: str, speaker: Speaker = Speaker.AGENT) -> set[str]:
-    return {m.rule.id for m in engine.match(normalise(sentence, tokenizer), speaker)}
 
 
 def categories(engine: RuleEngine, tokenizer: Tokenizer, sentence: str, speaker: Speaker = Speaker.AGENT) -> set[str]:
@@ -85,7 +68,7 @@ def categories(engine: RuleEngine, tokenizer: Tokenizer, sentence: str, speaker:
 
 def test_pack_loads_with_the_agreed_categories(pack: RulePack) -> None:
     assert pack.pack == "us_fdcpa" and pack.language == "en"
-    assert {r.category for r in pack.rules} == UTTERANCE_CATEGORIES | CALL_CATEGORIES
+    assert {r.category for r in pack.rules} == {*UTTERANCE_CATEGORIES, *CALL_CATEGORIES}
     assert all(r.id.startswith("fdcpa.") for r in pack.rules)  # loadable next to cn_collection
     kinds = {r.kind for r in pack.rules}
     assert kinds == {"utterance", "omission", "call_start"}
@@ -327,7 +310,7 @@ def test_dataset_is_well_formed() -> None:
     assert len({r["id"] for r in rows}) == len(rows)
     for r in rows:
         assert set(r) == {"id", "text", "speaker", "labels"} and r["speaker"] in ("agent", "customer")
-        assert set(r["labels"]) <= UTTERANCE_CATEGORIES, r["id"]
+        assert set(r["labels"]) <= set(UTTERANCE_CATEGORIES), r["id"]
         if r["speaker"] == "customer":
             assert set(r["labels"]) <= {"customer_abuse"}, r["id"]
         else:

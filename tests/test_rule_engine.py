@@ -22,11 +22,6 @@ RULES = Path(__file__).parents[1] / "rules"
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    return Tokenizer(RULES / "user_dict.txt")
-
-
-@pytest.fixture(scope="module")
 def cn() -> RulePack:
     return load_pack(RULES / "cn_collection.yaml")
 

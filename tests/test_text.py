@@ -23,12 +23,6 @@ pytestmark = pytest.mark.unit
 USER_DICT = Path(__file__).parents[1] / "rules" / "user_dict.txt"
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    # One instance for the module: jieba's initialisation takes about half a second.
-    return Tokenizer(USER_DICT)
-
-
 # --------------------------------------------------------------------------- simplified
 
 

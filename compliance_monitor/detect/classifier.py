@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
+from compliance_monitor.messages import UTTERANCE_CATEGORIES
 from compliance_monitor.text.normalise import collapse_spaces, to_half_width, to_simplified
 
 __all__ = [
@@ -40,14 +41,7 @@ __all__ = [
     "train_model",
 ]
 
-LABELS: tuple[str, ...] = (
-    "threat",
-    "abuse",
-    "impersonation",
-    "third_party_disclosure",
-    "privacy_leak",
-    "customer_abuse",
-)
+LABELS: tuple[str, ...] = UTTERANCE_CATEGORIES
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[A]", "[C]")
 _SPEAKER_TOKEN = {"agent": "[A]", "customer": "[C]"}
 
