@@ -218,10 +218,17 @@ def test_id_number_ending_in_x_passes_its_check_digit(tmp_path: Path, tokenizer:
 def test_regex_prefilter_never_changes_what_fires(cn: RulePack, tokenizer: Tokenizer) -> None:
     import json
 
-    from compliance_monitor.detect.prefilter import required_literals
+    from compliance_monitor.detect.prefilter import branch_covers, required_covers, required_literals
 
     assert required_literals("(你|你个)(就是)?(骗子|垃圾)") == {"骗子", "垃圾"}
     assert required_literals(r"(?<!\d)\d{11}(?!\d)") is None  # no literal needed: always runs
+    # Gated on the rare words, never on 你 alone; every required part is a cover.
+    covers = required_covers("(去|到)(你|你们)(单位|公司)")
+    assert set(covers) == {frozenset({"去", "到"}), frozenset({"你"}), frozenset({"单位", "公司"})}
+    assert covers[0] == {"单位", "公司"}  # the rarest first
+    # Each top-level alternative is gated on its own; one that needs no literal means "always run".
+    assert branch_covers("拘留|坐牢") == [[frozenset({"拘留"})], [frozenset({"坐牢"})]]
+    assert branch_covers(r"拘留|\d{11}") is None
     fast, slow = RuleEngine([cn]), RuleEngine([cn], prefilter=False)
     data = Path(__file__).parent / "data"
     texts = [

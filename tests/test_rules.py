@@ -78,6 +78,11 @@ POSITIVES: dict[str, list[str]] = {
     "privacy.id_number_x": ["你身份证号三二零幺零六 幺九八七零九二零 零零三叉，没错吧"],
     "privacy.bank_card": ["您尾号的卡号是六二二二零二幺二三四五六七八九零幺二"],  # 18 digits, Luhn-valid
     "privacy.mobile_number": ["他的手机是幺三八零零幺三八零零零", "你打这个号码13912345678"],
+    # ASR dropped a digit: no check passes, the label says what the number is
+    "privacy.labelled_number": [
+        "您身份证号码是四四零三零四一九九二零八一五三三",
+        "他银行卡号六二一七零零零零三四五六七八九七幺",
+    ],
     "customer.abuse": ["你们这帮吸血鬼", "滚蛋，别再打来了"],
 }
 CUSTOMER_RULES = {"customer.abuse"}
@@ -204,6 +209,17 @@ def test_spoken_bank_card_fires(engine: RuleEngine, tokenizer: Tokenizer) -> Non
 def test_number_failing_luhn_is_not_a_bank_card(engine: RuleEngine, tokenizer: Tokenizer) -> None:
     text = normalise(f"订单号{spoken('6222021234567890')}", tokenizer)  # same digits, wrong check digit
     assert "privacy.bank_card" not in {m.rule.id for m in engine.match(text, Speaker.AGENT)}
+
+
+def test_labelled_number_fires_when_asr_drops_a_digit(engine: RuleEngine, tokenizer: Tokenizer) -> None:
+    id_number = with_id_check_digit("32010619870923213")
+    garbled = id_number[:12] + id_number[13:]  # one digit lost in recognition: no valid check digit
+    hits = fired(engine, tokenizer, f"你的身份证号是{spoken(garbled)}吧")
+    assert "privacy.labelled_number" in hits
+    assert "privacy.id_number" not in hits
+    # Without its label the same digits are just a number; partial readings stay quiet.
+    assert "privacy.labelled_number" not in fired(engine, tokenizer, f"订单号{spoken(garbled)}")
+    assert "privacy.labelled_number" not in fired(engine, tokenizer, "您身份证号后四位是二幺三八吗")
 
 
 def test_spoken_mobile_number_fires(engine: RuleEngine, tokenizer: Tokenizer) -> None:

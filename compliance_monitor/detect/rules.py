@@ -18,7 +18,7 @@ import ahocorasick
 
 from compliance_monitor.detect.pii import VALIDATORS
 from compliance_monitor.detect.pinyin import PinyinIndex, PinyinMode
-from compliance_monitor.detect.prefilter import required_literals
+from compliance_monitor.detect.prefilter import branch_covers
 from compliance_monitor.detect.rulepack import Rule, RulePack, load_pack
 from compliance_monitor.messages import Finding, NormalisedText, Speaker, Transcript
 
@@ -117,27 +117,44 @@ class RuleEngine:
         self.call_start_rules = [r for r in self.rules.values() if r.kind == "call_start"]
 
     def _build_regex_prefilter(self, enabled: bool) -> None:
-        """Number every regex; for those that need a literal, map the literal (per field) to the regex."""
+        """Number every regex and find the literals its matches must contain, per top-level alternative.
+
+        Each alternative is a *gate*: a few literal sets (covers) a match of it hits every one of. One
+        automaton per field holds all cover literals. A segment's hits give the set of literals present;
+        a gate opens if its first cover is hit (looked up by literal) and every other cover too (set
+        intersections, in C); a regex runs if one of its gates opens.
+        """
         self._regex_table: list[tuple[_Structured, re.Pattern[str]]] = []
         self._ungated: set[int] = set()
-        words: dict[str, dict[str, set[int]]] = {"text": {}, "digits": {}}
+        self._gate_regex: list[int] = []  # gate -> regex number
+        self._gate_others: list[tuple[frozenset[str], ...]] = []  # gate -> covers after the first
+        first: dict[str, dict[str, set[int]]] = {"text": {}, "digits": {}}
+        literals: dict[str, set[str]] = {"text": set(), "digits": set()}
         for st in self._structured:
             assert st.rule.match is not None
+            field = st.rule.match.field
             for regex in st.regexes:
                 g = len(self._regex_table)
                 self._regex_table.append((st, regex))
-                literals = required_literals(regex.pattern, re.IGNORECASE) if enabled else None
-                if literals is None:
+                gates = branch_covers(regex.pattern, re.IGNORECASE) if enabled else None
+                if gates is None:
                     self._ungated.add(g)
                     continue
-                for word in literals:
-                    words[st.rule.match.field].setdefault(word, set()).add(g)
+                for covers in gates:
+                    gate = len(self._gate_regex)
+                    self._gate_regex.append(g)
+                    self._gate_others.append(tuple(covers[1:]))
+                    for word in covers[0]:
+                        first[field].setdefault(word, set()).add(gate)
+                    for cover in covers:
+                        literals[field] |= cover
+        self._first_cover = {field: {w: frozenset(ids) for w, ids in table.items()} for field, table in first.items()}
         self._triggers: dict[str, ahocorasick.Automaton] = {}
-        for field, table in words.items():
-            if table:
+        for field, words in literals.items():
+            if words:
                 automaton = ahocorasick.Automaton()
-                for word, ids in table.items():
-                    automaton.add_word(word, frozenset(ids))
+                for word in words:
+                    automaton.add_word(word, word)
                 automaton.make_automaton()
                 self._triggers[field] = automaton
 
@@ -145,8 +162,18 @@ class RuleEngine:
         enabled: set[int] = set()
         for field, automaton in self._triggers.items():
             haystack = (text.text if field == "text" else text.digits).lower()
-            for _end, regex_ids in automaton.iter(haystack):
-                enabled |= regex_ids
+            present = {word for _end, word in automaton.iter(haystack)}
+            if not present:
+                continue
+            first = self._first_cover[field]
+            gates: set[int] = set()
+            for word in present:
+                if (ids := first.get(word)) is not None:
+                    gates |= ids
+            others = self._gate_others
+            enabled.update(
+                self._gate_regex[gate] for gate in gates if all(not present.isdisjoint(cover) for cover in others[gate])
+            )
         return enabled
 
     @classmethod
