@@ -62,27 +62,38 @@ def sounds(text: str, mode: PinyinMode) -> str:
 
 
 class PinyinIndex:
-    """Keywords of several rules, matched by sound."""
+    """Keywords of several rules and tolerance modes, matched by sound in one pass.
 
-    def __init__(self, mode: PinyinMode) -> None:
-        self.mode = mode
+    The modes nest (same tone ⇒ same toneless syllable ⇒ same fuzzy class), so the transcript is
+    translated once, to fuzzy classes, and scanned once; a hit for a stricter mode is then confirmed
+    on the few characters it covers.
+    """
+
+    def __init__(self) -> None:
         self._automaton = ahocorasick.Automaton()
         self._size = 0
 
-    def add(self, keyword: str, rule_id: str) -> None:
-        key = sounds(keyword, self.mode)
-        entry = self._automaton.get(key, (keyword, []))
-        entry[1].append(rule_id)
-        self._automaton.add_word(key, entry)
+    def add(self, keyword: str, rule_id: str, mode: PinyinMode) -> None:
+        key = sounds(keyword, "fuzzy")
+        entries: list[tuple[str, str, PinyinMode, str]] = self._automaton.get(key, [])
+        entries.append((keyword, rule_id, mode, sounds(keyword, mode)))
+        self._automaton.add_word(key, entries)
         self._size += 1
 
     def finish(self) -> None:
         if self._size:
             self._automaton.make_automaton()
 
-    def iter(self, text: str) -> Iterator[tuple[str, tuple[str, ...], tuple[int, int]]]:
-        """(keyword, rule ids, character span in ``text``) for each sound-alike occurrence."""
+    def __bool__(self) -> bool:
+        return self._size > 0
+
+    def iter(self, text: str) -> Iterator[tuple[str, str, tuple[int, int]]]:
+        """(keyword, rule id, character span in ``text``) for each sound-alike occurrence."""
         if not self._size:
             return
-        for end, (keyword, rule_ids) in self._automaton.iter(sounds(text, self.mode)):
-            yield keyword, tuple(rule_ids), (end - len(keyword) + 1, end + 1)
+        for end, entries in self._automaton.iter(sounds(text, "fuzzy")):
+            start = end - len(entries[0][0]) + 1
+            heard = text[start : end + 1]
+            for keyword, rule_id, mode, key in entries:
+                if mode == "fuzzy" or sounds(heard, mode) == key:
+                    yield keyword, rule_id, (start, end + 1)

@@ -1,8 +1,9 @@
 """The rule matcher for utterance rules.
 
-All keywords of all loaded packs go into one Aho-Corasick automaton per field (``text`` / ``digits``),
-plus one pinyin automaton per tolerance mode, so a segment is scanned once whatever the number of
-rules. Regexes, jieba-token sequences and proximity run only for the rules that use them. Guards
+All keywords and regexes of all loaded packs go into one scanner per field (``text`` / ``digits``;
+Aho-Corasick with literal gates for the regexes, see ``scan``), plus one pinyin automaton, so a segment
+is scanned once whatever the number of rules; only the regexes the scan allows then run, and
+jieba-token sequences and proximity only for the rules that use them. Guards
 then drop matches: wrong speaker, an ``unless`` phrase in the segment, a negation just before the match
 (我们不会上门), or a check digit that fails (PII). A rule fires at most once per segment.
 """
@@ -14,12 +15,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import ahocorasick
-
 from compliance_monitor.detect.pii import VALIDATORS
-from compliance_monitor.detect.pinyin import PinyinIndex, PinyinMode
-from compliance_monitor.detect.prefilter import branch_covers
+from compliance_monitor.detect.pinyin import PinyinIndex
 from compliance_monitor.detect.rulepack import Rule, RulePack, load_pack
+from compliance_monitor.detect.scan import Scanner
 from compliance_monitor.messages import Finding, NormalisedText, Speaker, Transcript
 
 # Negators that cancel a match that follows them in the same clause (我们不会上门, 没有人要告诉你家人).
@@ -54,6 +53,14 @@ def _word_bounded(text: str, span: Span) -> bool:
     return before_ok and after_ok
 
 
+def _occurrences(text: str, word: str) -> list[Span]:
+    spans, at = [], text.find(word)
+    while at >= 0:
+        spans.append((at, at + len(word)))
+        at = text.find(word, at + 1)
+    return spans
+
+
 def token_spans(text: str, tokens: Sequence[str]) -> list[Span]:
     spans, pos = [], 0
     for tok in tokens:
@@ -65,12 +72,12 @@ def token_spans(text: str, tokens: Sequence[str]) -> list[Span]:
 
 
 class RuleEngine:
+    """All loaded packs' utterance rules, matched together; see the module docstring."""
+
     def __init__(self, packs: Iterable[RulePack], *, prefilter: bool = True) -> None:
         self.packs = list(packs)
         self.rules: dict[str, Rule] = {}
-        self._regexes: dict[str, tuple[re.Pattern[str], ...]] = {}
-        self._automata: dict[str, ahocorasick.Automaton] = {}
-        self._pinyin: dict[PinyinMode, PinyinIndex] = {}
+        self._pinyin = PinyinIndex()
         self.max_context = 1
         keywords: dict[str, dict[str, list[str]]] = {"text": {}, "digits": {}}
         for pack in self.packs:
@@ -84,26 +91,23 @@ class RuleEngine:
                     continue
                 m = rule.match
                 self.max_context = max(self.max_context, m.context)
-                self._regexes[rule.id] = tuple(re.compile(p, re.IGNORECASE) for p in m.regex)
                 for word in m.keywords:
                     keywords[m.field].setdefault(word.lower(), []).append(rule.id)
                     if m.pinyin:
-                        self._pinyin.setdefault(m.pinyin, PinyinIndex(m.pinyin)).add(word, rule.id)
-        for field, words in keywords.items():
-            if words:
-                automaton = ahocorasick.Automaton()
-                for word, rule_ids in words.items():
-                    automaton.add_word(word, (word, tuple(rule_ids)))
-                automaton.make_automaton()
-                self._automata[field] = automaton
-        for index in self._pinyin.values():
-            index.finish()
+                        self._pinyin.add(word, rule.id, m.pinyin)
+        self._pinyin.finish()
+        # `unless` phrases of a rule: one regex search instead of a loop over phrases.
+        self._unless = {
+            rule_id: re.compile("|".join(re.escape(g.lower()) for g in rule.match.unless))
+            for rule_id, rule in self.rules.items()
+            if rule.match and rule.match.unless
+        }
         self.utterance_rules = [r for r in self.rules.values() if r.kind == "utterance"]
         # Only rules with regex, token sequences or proximity need per-rule work on each segment.
         self._structured = [
             _Structured(
                 r,
-                self._regexes[r.id],
+                tuple(re.compile(p, re.IGNORECASE) for p in r.match.regex),
                 _any_of(r.match.near.a) if r.match.near else None,
                 _any_of(r.match.near.b) if r.match.near else None,
                 VALIDATORS.get(r.match.validate_as or ""),
@@ -112,69 +116,27 @@ class RuleEngine:
             if r.match and (r.match.regex or r.match.tokens or r.match.near)
         ]
         self._token_rules = [s for s in self._structured if s.rule.match and (s.rule.match.tokens or s.rule.match.near)]
-        self._build_regex_prefilter(prefilter)
+        self._build_scanners(keywords, prefilter)
         self.omission_rules = [r for r in self.rules.values() if r.kind == "omission"]
         self.call_start_rules = [r for r in self.rules.values() if r.kind == "call_start"]
 
-    def _build_regex_prefilter(self, enabled: bool) -> None:
-        """Number every regex and find the literals its matches must contain, per top-level alternative.
-
-        Each alternative is a *gate*: a few literal sets (covers) a match of it hits every one of. One
-        automaton per field holds all cover literals. A segment's hits give the set of literals present;
-        a gate opens if its first cover is hit (looked up by literal) and every other cover too (set
-        intersections, in C); a regex runs if one of its gates opens.
-        """
+    def _build_scanners(self, keywords: dict[str, dict[str, list[str]]], prefilter: bool) -> None:
+        """Per field, one scanner (see ``scan``) for its keywords and the regexes of its rules."""
+        self._keyword_rules = keywords
         self._regex_table: list[tuple[_Structured, re.Pattern[str]]] = []
-        self._ungated: set[int] = set()
-        self._gate_regex: list[int] = []  # gate -> regex number
-        self._gate_others: list[tuple[frozenset[str], ...]] = []  # gate -> covers after the first
-        first: dict[str, dict[str, set[int]]] = {"text": {}, "digits": {}}
-        literals: dict[str, set[str]] = {"text": set(), "digits": set()}
-        for st in self._structured:
-            assert st.rule.match is not None
-            field = st.rule.match.field
-            for regex in st.regexes:
-                g = len(self._regex_table)
-                self._regex_table.append((st, regex))
-                gates = branch_covers(regex.pattern, re.IGNORECASE) if enabled else None
-                if gates is None:
-                    self._ungated.add(g)
-                    continue
-                for covers in gates:
-                    gate = len(self._gate_regex)
-                    self._gate_regex.append(g)
-                    self._gate_others.append(tuple(covers[1:]))
-                    for word in covers[0]:
-                        first[field].setdefault(word, set()).add(gate)
-                    for cover in covers:
-                        literals[field] |= cover
-        self._first_cover = {field: {w: frozenset(ids) for w, ids in table.items()} for field, table in first.items()}
-        self._triggers: dict[str, ahocorasick.Automaton] = {}
-        for field, words in literals.items():
-            if words:
-                automaton = ahocorasick.Automaton()
-                for word in words:
-                    automaton.add_word(word, word)
-                automaton.make_automaton()
-                self._triggers[field] = automaton
-
-    def _enabled_regexes(self, text: NormalisedText) -> set[int]:
-        enabled: set[int] = set()
-        for field, automaton in self._triggers.items():
-            haystack = (text.text if field == "text" else text.digits).lower()
-            present = {word for _end, word in automaton.iter(haystack)}
-            if not present:
-                continue
-            first = self._first_cover[field]
-            gates: set[int] = set()
-            for word in present:
-                if (ids := first.get(word)) is not None:
-                    gates |= ids
-            others = self._gate_others
-            enabled.update(
-                self._gate_regex[gate] for gate in gates if all(not present.isdisjoint(cover) for cover in others[gate])
-            )
-        return enabled
+        self._scanners: dict[str, tuple[Scanner, list[int]]] = {}
+        for field in ("text", "digits"):
+            numbers: list[int] = []  # scanner's regex number -> engine's
+            for st in self._structured:
+                if st.rule.match is not None and st.rule.match.field == field:
+                    for regex in st.regexes:
+                        numbers.append(len(self._regex_table))
+                        self._regex_table.append((st, regex))
+            patterns = [self._regex_table[g][1].pattern for g in numbers]
+            scanner = Scanner(list(keywords[field]), patterns, prefilter=prefilter)
+            self._scanners[field] = (scanner, numbers)
+        # Without a digit in the digits view, digit regexes cannot match: that pass is only for keywords.
+        self._digit_keywords = bool(keywords["digits"])
 
     @classmethod
     def from_files(cls, paths: Iterable[Path]) -> RuleEngine:
@@ -217,30 +179,40 @@ class RuleEngine:
                 return
             if m.negation and m.field == "text" and negated(haystack, span[0]):
                 return
-            if any(guard.lower() in lowered_text for guard in m.unless):
+            if (unless := self._unless.get(rule_id)) is not None and unless.search(lowered_text):
                 return
             hits[rule_id] = (matched, span)
 
-        for field, automaton in self._automata.items():
-            haystack = text.text if field == "text" else text.digits
-            lowered = haystack.lower() if len(haystack.lower()) == len(haystack) else haystack
-            for end, (_word, rule_ids) in automaton.iter(lowered):
-                span = (end - len(_word) + 1, end + 1)
-                if _word_bounded(haystack, span):
-                    for rule_id in rule_ids:
-                        offer(rule_id, haystack[span[0] : span[1]], span, haystack)
-        for index in self._pinyin.values():
-            for _keyword, rule_ids, span in index.iter(text.text):
-                for rule_id in rule_ids:
-                    offer(rule_id, text.text[span[0] : span[1]], span, text.text)
         has_digits = _DIGIT.search(text.digits) is not None
-        # Regexes: only those whose required words occur in the segment, plus the few that need none.
-        for g in sorted(self._ungated | self._enabled_regexes(text)):
+        regexes: list[int] = []
+        for field, (scanner, numbers) in self._scanners.items():
+            if field == "digits" and not (has_digits or self._digit_keywords):
+                continue
+            haystack = text.text if field == "text" else text.digits
+            found = scanner.scan(haystack)
+            if found.keywords:
+                lowered = lowered_text if field == "text" else haystack.lower()
+                if len(lowered) != len(haystack):  # a few characters change length when lowered
+                    lowered = haystack
+                # In text order (by end, like an automaton): a rule reports its first match.
+                occurrences = sorted(
+                    ((span, word) for word in found.keywords for span in _occurrences(lowered, word)),
+                    key=lambda o: (o[0][1], o[0][0]),  # longest first among those ending together
+                )
+                for span, word in occurrences:
+                    if _ASCII_WORD.search(word) is None or _word_bounded(haystack, span):
+                        for rule_id in self._keyword_rules[field][word]:
+                            offer(rule_id, haystack[span[0] : span[1]], span, haystack)
+            if field == "text" or has_digits:
+                regexes.extend(numbers[g] for g in found.regexes)
+        for _keyword, rule_id, span in self._pinyin.iter(text.text):
+            offer(rule_id, text.text[span[0] : span[1]], span, text.text)
+        for g in sorted(set(regexes)):
             st, regex = self._regex_table[g]
             m = st.rule.match
             assert m is not None
-            if st.rule.id in hits or (m.field == "digits" and not has_digits):
-                continue  # most speech has no numbers: the PII regexes need not run
+            if st.rule.id in hits:
+                continue
             haystack = text.text if m.field == "text" else text.digits
             for found in regex.finditer(haystack):
                 if st.validator is None or st.validator(re.sub(r"[^0-9Xx]", "", found.group(0))):
