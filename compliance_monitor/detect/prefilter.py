@@ -21,6 +21,8 @@ from functools import lru_cache
 
 MAX_CLASS_CHARS = 8  # a character class larger than this is not a useful trigger
 MAX_TRIGGERS = 64
+# A cover this likely (a lone comma or digit) filters almost nothing and only adds hits; 你 still pays off.
+COMMON_COVER = 0.05
 
 Triggers = frozenset[str] | None
 
@@ -53,9 +55,10 @@ def occurrence_cost(literal: str) -> float:
         return p
     cost = 1.0
     for ch in literal:
-        # Punctuation, spaces and digits are everywhere; an unknown ideograph is rare.
-        seen = chars.get(ch, 1e-6 if "\u4e00" <= ch <= "\u9fff" else 0.2)
-        cost *= seen * (1 if len(literal) == 1 else 50)  # adjacent characters co-occur
+        if "\u4e00" <= ch <= "\u9fff":  # an ideograph unknown to the dictionary is rare
+            cost *= chars.get(ch, 1e-6) * (1 if len(literal) == 1 else 50)  # adjacent characters co-occur
+        else:  # digits, Latin letters, punctuation, spaces: common one by one
+            cost *= 0.2
     return cost
 
 
@@ -107,8 +110,10 @@ def _unwrap(items: list[tuple[object, object]]) -> list[tuple[object, object]]:
 
 
 def _covers(items: list[tuple[object, object]], limit: int) -> list[frozenset[str]]:
+    """The most selective cover, then the others that are worth a look (not a lone comma)."""
     usable = {frozenset(t.lower() for t in c) for c in _candidates(items) if c and len(c) <= MAX_TRIGGERS and all(c)}
-    return sorted(usable, key=_cost)[:limit]
+    ranked = sorted(usable, key=_cost)[:limit]
+    return ranked[:1] + [c for c in ranked[1:] if _cost(c) <= COMMON_COVER]
 
 
 def _candidates(items: list[tuple[object, object]]) -> list[frozenset[str]]:
