@@ -83,6 +83,7 @@ POSITIVES: dict[str, list[str]] = {
         "您身份证号码是四四零三零四一九九二零八一五三三",
         "他银行卡号六二一七零零零零三四五六七八九七幺",
     ],
+    "privacy.labelled_mobile": ["您留的手机号是幺八六幺二三四五六七八九"],  # 12 digits heard
     "customer.abuse": ["你们这帮吸血鬼", "滚蛋，别再打来了"],
 }
 CUSTOMER_RULES = {"customer.abuse"}
