@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from compliance_monitor.asr.prompt import PROMPTS
 from compliance_monitor.config import ServerSettings, Settings, load_settings
 from compliance_monitor.resources import assets_dir
 
@@ -260,16 +261,15 @@ def _free_port() -> int:
 
 def cmd_asr_eval(args: argparse.Namespace) -> int:
     from compliance_monitor.asr.decoder import WhisperDecoder
-    from compliance_monitor.asr.evaluate import evaluate, format_rows, load_manifest, summarise
+    from compliance_monitor.asr.evaluate import evaluate, format_rows, load_manifest, make_variants, summarise
     from compliance_monitor.asr.weights import resolve_model
 
     settings = _settings(args)
     model_dir = str(resolve_model(settings.asr.model, settings.asr.cache_dir))
-    variants = {f"window={w}": settings.asr.model_copy(update={"encoder_window_frames": w}) for w in args.window}
-    decoders = {name: WhisperDecoder(model_dir, s) for name, s in variants.items()}
-    for decoder in decoders.values():
+    setups = [(v, WhisperDecoder(model_dir, v.settings)) for v in make_variants(settings.asr, args.window, args.prompt)]
+    for _, decoder in setups:
         decoder.warm_up()
-    rows = evaluate(load_manifest(Path(args.manifest)), decoders, variants, args.beam, args.mode, args.condition)
+    rows = evaluate(load_manifest(Path(args.manifest)), setups, args.beam, args.mode, args.condition)
     if args.json:
         print(
             json.dumps(
@@ -345,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     asr_eval.add_argument("--mode", nargs="+", choices=["whole", "streaming"], default=["whole", "streaming"])
     asr_eval.add_argument("--beam", nargs="+", type=int, default=[5])
     asr_eval.add_argument("--window", nargs="+", type=int, default=[500], help="encoder window(s), 0 = 30 s")
+    asr_eval.add_argument(
+        "--prompt",
+        nargs="+",
+        choices=["served", *PROMPTS],
+        default=["served"],
+        help="initial prompt(s): served (asr.initial_prompt), none, or domain (asr/prompt.py DOMAIN_PROMPT)",
+    )
     asr_eval.add_argument("--json", action="store_true")
     asr_eval.set_defaults(func=cmd_asr_eval)
 

@@ -20,6 +20,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from compliance_monitor.asr.prompt import DOMAIN_PROMPT
 from compliance_monitor.resources import default_classifier_dir, default_rules_dir
 
 
@@ -69,7 +70,9 @@ class AsrSettings(BaseModel):
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
-    initial_prompt: str | None = None
+    # Domain vocabulary read as the previous utterance: biases Whisper towards 逾期, 起诉, 通讯录… (see asr/prompt.py;
+    # CER 0.130 → 0.117 on collection turns in the telephone band). "" or null = no prompt.
+    initial_prompt: str | None = DOMAIN_PROMPT
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "compliance-monitor")
     lag_warning_s: float = 3.0
 

@@ -1,4 +1,4 @@
-"""`asr eval`: CER normalisation, and the command runs over the real-recordings manifest and reports."""
+"""`asr eval`: CER normalisation, turns of stereo files, the prompt axis, and the command over the real recordings."""
 
 from __future__ import annotations
 
@@ -7,10 +7,26 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
-from compliance_monitor.asr.evaluate import cer, normalise_for_cer
+from compliance_monitor.asr.decoder import DecodeRequest
+from compliance_monitor.asr.evaluate import (
+    Clip,
+    cer,
+    evaluate,
+    format_rows,
+    load_manifest,
+    make_variants,
+    normalise_for_cer,
+    summarise,
+)
+from compliance_monitor.asr.prompt import DOMAIN_PROMPT
+from compliance_monitor.audio.wavfile import write_wav
+from compliance_monitor.cli import build_parser
+from compliance_monitor.config import AsrSettings
 
 EXE = str(Path(sys.executable).with_name("compliance-monitor"))
 MANIFEST = Path(__file__).parent / "data" / "asr_manifest.jsonl"
@@ -38,6 +54,92 @@ def test_cer_counts_substitutions_insertions_and_deletions() -> None:
     assert cer("一二三四五", "一二三四") == pytest.approx(0.25)
 
 
+def _stereo_call(tmp_path: Path) -> Path:
+    """3 s at 16 kHz: channel 0 silent, channel 1 a 0.5 tone from 1 s to 2 s only."""
+    audio = np.zeros((48_000, 2), np.float32)
+    audio[16_000:32_000, 1] = 0.5
+    return write_wav(tmp_path / "call.wav", audio)
+
+
+def _manifest(tmp_path: Path, rows: list[dict[str, object]]) -> Path:
+    path = tmp_path / "manifest.jsonl"
+    path.write_text("".join(json.dumps({"audio": "call.wav", "reference": "对"} | r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.unit
+def test_manifest_turns_take_one_channel_and_span(tmp_path: Path) -> None:
+    _stereo_call(tmp_path)
+    turn, other, whole = load_manifest(
+        _manifest(
+            tmp_path,
+            [
+                {"kind": "synthetic", "t0": 1.0, "t1": 2.0, "channel": 1},
+                {"kind": "synthetic", "t0": 1.0, "t1": 2.0, "channel": 0},
+                {},
+            ],
+        )
+    )
+    assert (turn.name, turn.kind, len(turn.audio)) == ("call@1.00", "synthetic", 16_000)
+    assert np.all(np.abs(turn.audio - 0.5) < 1e-3)
+    assert not np.any(other.audio)
+    assert (whole.name, whole.kind, len(whole.audio)) == ("call", "read", 48_000)
+    assert np.abs(whole.audio).max() == pytest.approx(0.25, abs=1e-3)  # no channel: the two mixed
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("row", "error"),
+    [
+        ({"kind": "spontaneous"}, "kind 'spontaneous'"),
+        ({"channel": 2}, "no channel 2"),
+        ({"t0": 2.0, "t1": 4.0}, "outside the file"),
+        ({"t0": 2.0, "t1": 1.0}, "outside the file"),
+    ],
+)
+def test_manifest_rejects_bad_turns(tmp_path: Path, row: dict[str, object], error: str) -> None:
+    _stereo_call(tmp_path)
+    with pytest.raises(ValueError, match=error):
+        load_manifest(_manifest(tmp_path, [row]))
+
+
+class _EchoPromptDecoder:
+    """Stands in for WhisperDecoder: 'transcribes' its initial prompt, or 对 without one."""
+
+    def __init__(self, settings: AsrSettings) -> None:
+        self.settings = settings
+
+    def decode(self, requests: list[DecodeRequest]) -> list[SimpleNamespace]:
+        return [SimpleNamespace(text=self.settings.initial_prompt or "对") for _ in requests]
+
+
+@pytest.mark.unit
+def test_prompt_axis_sets_the_initial_prompt_and_splits_the_report() -> None:
+    variants = make_variants(AsrSettings(initial_prompt="configured"), [500], ["none", "domain"])
+    assert [(v.name, v.prompt, v.settings.initial_prompt) for v in variants] == [
+        ("window=500", "none", None),
+        ("window=500", "domain", DOMAIN_PROMPT),
+    ]
+    clip = Clip("c", np.zeros(16_000, np.float32), "对", "synthetic", "")
+    setups = [(v, _EchoPromptDecoder(v.settings)) for v in variants]
+    rows = evaluate([clip], setups, [5], ["whole"], ["clean"])  # type: ignore[arg-type]
+    assert [(r.prompt, r.cer) for r in rows] == [("none", 0.0), ("domain", cer(DOMAIN_PROMPT, "对"))]
+    assert [(s["prompt"], s["clips"]) for s in summarise(rows)] == [("domain", 1), ("none", 1)]
+    header, *_ = format_rows(rows).splitlines()
+    assert header.split()[:6] == ["clip", "cond", "mode", "setting", "prompt", "CER"]
+
+
+@pytest.mark.unit
+def test_prompt_flag_defaults_to_the_served_prompt() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["asr", "eval", "m.jsonl"]).prompt == ["served"]
+    served = make_variants(AsrSettings(initial_prompt="configured"), [500], ["served"])
+    assert [v.settings.initial_prompt for v in served] == ["configured"]
+    assert parser.parse_args(["asr", "eval", "m.jsonl", "--prompt", "none", "domain"]).prompt == ["none", "domain"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["asr", "eval", "m.jsonl", "--prompt", "other"])
+
+
 @pytest.mark.slow
 def test_asr_eval_runs_on_the_manifest_and_reports() -> None:
     done = subprocess.run(
@@ -54,3 +156,17 @@ def test_asr_eval_runs_on_the_manifest_and_reports() -> None:
     }
     assert all(0.0 <= r["cer"] <= 1.0 and r["rtf"] > 0 for r in report["rows"])
     assert {s["mode"] for s in report["summary"]} == {"whole", "streaming"}
+    assert {r["prompt"] for r in report["rows"]} == {"served"}
+
+
+@pytest.mark.unit
+def test_prompt_echo_is_recognised() -> None:
+    from compliance_monitor.asr.prompt import echoes_prompt, prompt_words
+
+    words = prompt_words(DOMAIN_PROMPT)
+    assert "贷款逾期" in words and "银行卡" in words
+    assert echoes_prompt("法院、法院、法院、法院、", words) == 4  # what noise decoded to with the prompt
+    assert echoes_prompt("银行卡。", words) == 1
+    assert echoes_prompt("你的银行卡号是多少", words) == 0  # real speech that uses the words
+    assert echoes_prompt("法院找我干什么", words) == 0
+    assert echoes_prompt("银行卡", ()) == 0  # no prompt, nothing to echo

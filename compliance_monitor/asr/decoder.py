@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from compliance_monitor.asr.prompt import echoes_prompt, prompt_words
 from compliance_monitor.config import AsrSettings
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ FRAMES_PER_SECOND = 100
 FALLBACK_TEMPERATURES = (0.4, 0.8)
 TOKENS_PER_SECOND = 12
 MIN_NEW_TOKENS = 16
+# A single prompt word as the whole output is only believed when the audio looked like speech.
+PROMPT_ECHO_NO_SPEECH = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,7 @@ class WhisperDecoder:
         from faster_whisper.tokenizer import Tokenizer
 
         self.settings = settings
+        self._prompt_words = prompt_words(settings.initial_prompt)
         self.device, default_compute = pick_device(settings.device)
         compute_type = default_compute if settings.compute_type == "default" else settings.compute_type
         started = time.perf_counter()
@@ -192,6 +196,8 @@ class WhisperDecoder:
             rejected = "low_confidence"
         elif not text:
             rejected = "empty"
+        elif (echoed := echoes_prompt(text, self._prompt_words)) and (echoed > 1 or no_speech > PROMPT_ECHO_NO_SPEECH):
+            rejected = "prompt_echo"  # 法院、法院 or 银行卡 on noise: the domain prompt read back
         return DecodeResult(text if rejected is None else "", avg_logprob, no_speech, ratio, rejected)
 
     def _fallback(self, request: DecodeRequest) -> DecodeResult | None:
