@@ -253,3 +253,16 @@ def test_digits_view_repairs_phone_readings(heard: str, digits: str) -> None:
     from compliance_monitor.text.normalise import join_digit_groups
 
     assert join_digit_groups(heard) == digits
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("heard", "digits"),
+    [
+        ("号码是要三九、九三五要八要九零对吧", "号码是139、93518190对吧"),  # 幺 heard as 要 inside numerals
+        ("我要一个一个打过去", "我要1个1个打过去"),  # a 要 that is a verb stays
+        ("我要三天之内还清", "我要3天之内还清"),
+    ],
+)
+def test_digits_view_repairs_yao_in_spoken_numbers(tokenizer: Tokenizer, heard: str, digits: str) -> None:
+    assert normalise(heard, tokenizer).digits == digits

@@ -295,6 +295,24 @@ _DIGIT_GROUP_BREAK = re.compile(r"(?<=\d)[\s\-–—]+(?=\d)")
 _MISHEARD_YAO = re.compile(r"[要腰妖邀](?=\d{9,})|(?<=\d{2})[要腰妖邀](?=\d)")
 
 
+# The same inside a number still in Chinese numerals: 要三九、九三五要八要九零 is 幺三九、九三五幺八幺九零.
+_READING_RUN = re.compile(
+    r"[零〇一二三四五六七八九幺两洞要腰妖邀](?:[、,\s]?[零〇一二三四五六七八九幺两洞要腰妖邀]){8,}"
+)
+_YAO_SOUNDALIKES = re.compile(r"[要腰妖邀]")
+
+
+def repair_spoken_yao(text: str) -> str:
+    """In a long run of spoken digits (≥ 7 real ones), a 幺 heard as 要/腰/妖/邀 is put back."""
+
+    def repair(m: re.Match[str]) -> str:
+        run = m[0]
+        real = sum(ch in "零〇一二三四五六七八九幺两洞" for ch in run)
+        return _YAO_SOUNDALIKES.sub("幺", run) if real >= 7 else run
+
+    return _READING_RUN.sub(repair, text)
+
+
 def join_digit_groups(text: str) -> str:
     """'420 111 1975 1109 2723' → one number: IDs, cards and phones are read and written in groups."""
     return _MISHEARD_YAO.sub("1", _DIGIT_GROUP_BREAK.sub("", text))
@@ -306,6 +324,6 @@ def normalise(raw: str, tokenizer: Tokenizer) -> NormalisedText:
     return NormalisedText(
         raw=raw,
         text=text,
-        digits=join_digit_groups(numerals_to_digits(text)),
+        digits=join_digit_groups(numerals_to_digits(repair_spoken_yao(text))),
         tokens=tuple(tok for tok in tokenizer.cut(text) if tok.strip()),
     )
