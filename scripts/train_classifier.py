@@ -5,9 +5,10 @@
     .venv/bin/python scripts/train_classifier.py --eval-only --eval-test --out models/classifier   # once, at the end
 
 Training data: COLD train (offensive → ``abuse`` as agent and ``customer_abuse`` as customer; safe → no label, random
-speaker) + the generated collection text (``--extra``), the latter repeated ``--extra-copies`` times with ASR-noise
-augmentation (homophones, dropped characters, traditional characters). ``tests/data/utterances_dev.jsonl`` is used
-only for thresholds and reporting; ``utterances_test.jsonl`` only with ``--eval-test``.
+speaker) + the collection text (``--extra``: generated from templates, and hand-written), the latter repeated
+``--extra-copies`` times with ASR-noise augmentation (homophones, dropped characters, traditional characters).
+``tests/data/utterances_dev.jsonl`` is used only for thresholds and reporting; ``utterances_test.jsonl`` only with
+``--eval-test``.
 """
 
 from __future__ import annotations
@@ -239,7 +240,13 @@ def set_metrics(preds: list[set[str]], data: list[Row]) -> dict[str, dict[str, f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "models/classifier")
-    ap.add_argument("--extra", type=Path, default=ROOT / "tests/data/classifier_train_extra.jsonl")
+    ap.add_argument(
+        "--extra",
+        type=Path,
+        nargs="+",
+        default=[ROOT / "tests/data/classifier_train_extra.jsonl", ROOT / "tests/data/classifier_train_written.jsonl"],
+        help="collection-domain training text (missing files are skipped)",
+    )
     ap.add_argument("--dev", type=Path, default=ROOT / "tests/data/utterances_dev.jsonl")
     ap.add_argument("--test", type=Path, default=ROOT / "tests/data/utterances_test.jsonl")
     ap.add_argument("--cold", type=Path, default=COLD_DIR)
@@ -261,7 +268,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     cold_train = load_cold(args.cold / "train.csv")
     cold_dev = load_cold(args.cold / "dev.csv")
-    extra = load_jsonl(args.extra)
+    extra = [row for path in args.extra if path.exists() for row in load_jsonl(path)]
     rows = cold_rows(cold_train, rng) + extra_rows(extra, args.extra_copies, rng)
     rng.shuffle(rows)
     dev = load_jsonl(args.dev)
