@@ -115,3 +115,51 @@ def test_latency_helper(tiny: UtteranceClassifier) -> None:
 def test_load_missing_gives_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ClassifierNotFound, match="train_classifier.py"):
         UtteranceClassifier.load(tmp_path / "nope")
+
+
+def test_ngram_model_scores_like_tfidf_and_logistic_regression(tmp_path: Path) -> None:
+    """The exported n-gram model: sublinear tf × idf over char 1-3-grams, l2-normalised, then a sigmoid per label."""
+    import math
+
+    import numpy as np
+
+    from compliance_monitor.detect.ngram import NgramModel, char_ngrams, marked
+
+    assert char_ngrams("Ab  c") == ["a", "b", " ", "c", "ab", "b ", " c", "ab ", "b c"]
+    vocab = {"ⓐ": 0, "滚": 1, "滚滚": 2}  # lower-cased like sklearn: the marker Ⓐ becomes ⓐ
+    model = NgramModel(vocab, np.array([1.0, 2.0, 3.0]), np.array([[0.5, 4.0, 1.0]]), np.array([-2.0]), ["abuse"])
+    text = marked("滚滚", "agent")  # ⓐ滚滚: ⓐ once, 滚 twice, 滚滚 once (plus unknown n-grams)
+    x = np.array([1.0 * 1.0, (1 + math.log(2)) * 2.0, 1.0 * 3.0])
+    x /= np.linalg.norm(x)
+    expected = 1 / (1 + math.exp(-(-2.0 + float(np.array([0.5, 4.0, 1.0]) @ x))))
+    assert model.predict_one(text)["abuse"] == pytest.approx(expected, rel=1e-6)
+    assert model.predict_one(marked("你好", "agent"))["abuse"] < expected  # no abusive n-gram
+    model.save(tmp_path)
+    again = NgramModel.load(tmp_path)
+    assert again is not None and again.predict_one(text) == pytest.approx(model.predict_one(text))
+    assert NgramModel.load(tmp_path / "missing") is None
+
+
+def test_ngram_model_is_averaged_with_the_transformer(tiny: UtteranceClassifier, tmp_path: Path) -> None:
+    import numpy as np
+
+    from compliance_monitor.detect.ngram import NgramModel
+
+    labels = list(tiny.labels)
+    # An n-gram model that is sure of threat (logit +20) and sure of nothing else (−20) whatever the text.
+    ngram = NgramModel(
+        {},
+        np.zeros(0),
+        np.zeros((len(labels), 0)),
+        np.array([20.0 if lab == "threat" else -20.0 for lab in labels]),
+        labels,
+    )
+    texts, speakers = ["今天天气不错", "你再不还钱小心点"], ["agent", "customer"]
+    alone = tiny.predict(texts, speakers)
+    both = UtteranceClassifier(tiny.model, tiny.encoder.vocab, tiny.thresholds, threads=None, ngram=ngram)
+    for a, b, sp in zip(alone, both.predict(texts, speakers), speakers, strict=True):
+        assert b["threat"] == pytest.approx((a["threat"] + 1.0) / 2, abs=1e-6)
+        assert b["abuse"] == pytest.approx(a["abuse"] / 2, abs=1e-6)
+        assert (b["customer_abuse"] == 0.0) is (sp == "agent")  # still forced off for the agent
+    both.save(tmp_path)
+    assert UtteranceClassifier.load(tmp_path, threads=None).ngram is not None

@@ -55,5 +55,17 @@ async def test_customer_speech_only_yields_customer_abuse() -> None:
     detector.close()
 
 
+async def test_only_configured_labels_raise_findings() -> None:
+    from compliance_monitor.config import ClassifierSettings
+
+    scores = {"threat": 0.9, "privacy_leak": 0.95}
+    served = ModelDetector(StandIn(scores), ClassifierSettings().labels)  # PII is the rules' job by default
+    assert [f.category for f in await served.detect(transcript(Speaker.AGENT), TEXT)] == ["threat"]
+    everything = ModelDetector(StandIn(scores))
+    assert {f.category for f in await everything.detect(transcript(Speaker.AGENT), TEXT)} == {"threat", "privacy_leak"}
+    served.close()
+    everything.close()
+
+
 def test_missing_model_means_rules_only(tmp_path: Path) -> None:
     assert load_model_detector(tmp_path / "nothing-here", threads=1) is None

@@ -61,7 +61,7 @@ async def build_services(settings: Settings, decoder_factory: DecoderFactory | N
         "monitor ready: ASR on %s, %d rules, archive %s", asr.device, rules.engine.rule_count, settings.archive.path
     )
     model = (
-        load_model_detector(settings.classifier.path, settings.classifier.threads)
+        load_model_detector(settings.classifier.path, settings.classifier.threads, settings.classifier.labels)
         if settings.classifier.enabled
         else None
     )

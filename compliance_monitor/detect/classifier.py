@@ -4,7 +4,8 @@ Labels: threat, abuse, impersonation, third_party_disclosure, privacy_leak, cust
 the input (a ``[A]`` / ``[C]`` token after ``[CLS]``); ``customer_abuse`` is forced to 0 for agent lines.
 
 A model directory (built by ``scripts/train_classifier.py``) holds ``config.json`` + ``model.safetensors``
-(``save_pretrained``), ``vocab.txt`` (one token a line, BERT style), ``thresholds.json`` and ``metrics.json``.
+(``save_pretrained``), ``vocab.txt`` (one token a line, BERT style), ``thresholds.json`` and ``metrics.json``, and
+optionally a character n-gram model (``ngram.py``) whose probabilities are averaged with the transformer's.
 
     clf = UtteranceClassifier.load("models/classifier")
     scores = clf.predict(["你再不还钱，小心点"], ["agent"])   # [{"threat": 0.97, ...}]
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
+from compliance_monitor.detect.ngram import NgramModel, marked
 from compliance_monitor.messages import UTTERANCE_CATEGORIES
 from compliance_monitor.text.normalise import collapse_spaces, to_half_width, to_simplified
 
@@ -222,8 +224,10 @@ class UtteranceClassifier:
         *,
         threads: int | None = 2,
         batch_size: int = 32,
+        ngram: NgramModel | None = None,
     ) -> None:
         self.model = model.eval()
+        self.ngram = ngram  # when present, its probabilities are averaged with the transformer's
         id2label: dict[Any, str] = dict(getattr(model.config, "id2label", None) or {})
         self.labels: tuple[str, ...] = tuple(str(id2label.get(i, id2label.get(str(i)))) for i in range(len(id2label)))
         self.encoder = CharEncoder(vocab, int(model.config.max_position_embeddings))
@@ -254,7 +258,7 @@ class UtteranceClassifier:
             vocab = vocab[:-1]
         thr_file = path / "thresholds.json"
         thresholds = json.loads(thr_file.read_text(encoding="utf-8")) if thr_file.is_file() else None
-        return cls(model, vocab, thresholds, threads=threads)
+        return cls(model, vocab, thresholds, threads=threads, ngram=NgramModel.load(path))
 
     def save(self, path: str | Path, metrics: dict[str, object] | None = None) -> None:
         path = Path(path)
@@ -263,6 +267,8 @@ class UtteranceClassifier:
         # "\n".join: a vocab entry can never contain a newline (build_vocab drops whitespace)
         (path / "vocab.txt").write_text("\n".join(self.encoder.vocab) + "\n", encoding="utf-8")
         (path / "thresholds.json").write_text(json.dumps(self.thresholds, indent=2), encoding="utf-8")
+        if self.ngram is not None:
+            self.ngram.save(path)
         if metrics is not None:
             (path / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
 
@@ -279,10 +285,14 @@ class UtteranceClassifier:
                 t, s = texts[i : i + self.batch_size], speakers[i : i + self.batch_size]
                 ids, mask = self.encoder.batch(t, s)
                 probs = torch.sigmoid(self.model(input_ids=ids, attention_mask=mask).logits)
-                for row, sp in zip(probs.tolist(), s, strict=True):
+                for text, row, sp in zip(t, probs.tolist(), s, strict=True):
+                    scores = dict(zip(self.labels, row, strict=True))
+                    if self.ngram is not None:
+                        ngram = self.ngram.predict_one(marked(preprocess(text), sp))
+                        scores = {lab: (p + ngram.get(lab, p)) / 2 for lab, p in scores.items()}
                     if ca is not None and _speaker_token(sp) == "[A]":
-                        row[ca] = 0.0
-                    out.append(dict(zip(self.labels, row, strict=True)))
+                        scores["customer_abuse"] = 0.0
+                    out.append(scores)
         return out
 
     def above_threshold(self, scores: dict[str, float]) -> list[tuple[str, float]]:

@@ -44,8 +44,9 @@ class Classifier(Protocol):
 
 
 class ModelDetector:
-    def __init__(self, classifier: Classifier) -> None:
+    def __init__(self, classifier: Classifier, labels: Sequence[str] | None = None) -> None:
         self.classifier = classifier
+        self.labels = frozenset(SEVERITY if labels is None else labels) & SEVERITY.keys()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classifier")
 
     async def detect(
@@ -56,7 +57,7 @@ class ModelDetector:
         return [
             self._finding(tr, label, score)
             for label, score in self.classifier.above_threshold(scores[0])
-            if label in SEVERITY and (label == "customer_abuse") == (tr.speaker is Speaker.CUSTOMER)
+            if label in self.labels and (label == "customer_abuse") == (tr.speaker is Speaker.CUSTOMER)
         ]
 
     @staticmethod
@@ -83,11 +84,13 @@ class ModelDetector:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def load_model_detector(path: Path, threads: int) -> ModelDetector | None:
+def load_model_detector(path: Path, threads: int, labels: Sequence[str] | None = None) -> ModelDetector | None:
     """The trained classifier, or None (with the reason logged) when it has not been built."""
     if not (path / "config.json").is_file():
         log.warning("no utterance classifier at %s (build it with scripts/train_classifier.py): rules only", path)
         return None
     from compliance_monitor.detect.classifier import UtteranceClassifier
 
-    return ModelDetector(UtteranceClassifier.load(path, threads=threads))
+    detector = ModelDetector(UtteranceClassifier.load(path, threads=threads), labels)
+    log.info("utterance classifier from %s: %s", path, ", ".join(sorted(detector.labels)))
+    return detector
