@@ -212,6 +212,30 @@ def cmd_rules_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classifier_eval(args: argparse.Namespace) -> int:
+    from compliance_monitor.detect import classifier_eval as ce
+    from compliance_monitor.detect.classifier import ClassifierNotFound, UtteranceClassifier
+    from compliance_monitor.detect.engine import pack_files
+    from compliance_monitor.detect.evaluate import load_dataset
+    from compliance_monitor.detect.rules import RuleEngine
+    from compliance_monitor.text.tokenise import Tokenizer
+
+    settings = _settings(args)
+    try:
+        classifier = UtteranceClassifier.load(
+            args.model or settings.classifier.path, threads=settings.classifier.threads
+        )
+    except ClassifierNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    data = load_dataset(Path(args.dataset))
+    engine = RuleEngine.from_files(pack_files(settings.rules))
+    tokenizer = Tokenizer(settings.rules.dir / settings.rules.user_dict)
+    table = ce.report(ce.predictions(data, engine, tokenizer, classifier, settings.classifier.labels), data)
+    print(json.dumps(ce.as_dict(table), indent=1) if args.json else ce.format_report(table, len(data)))
+    return 0
+
+
 def cmd_eval_calls(args: argparse.Namespace) -> int:
     from compliance_monitor.evalcalls import format_summary, summarise
 
@@ -337,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     calls.add_argument("--call", action="append", help="only this call id (repeatable)")
     calls.add_argument("--json", action="store_true")
     calls.set_defaults(func=cmd_eval_calls)
+
+    clf = sub.add_parser("classifier", help="the utterance classifier").add_subparsers(dest="clf_cmd", required=True)
+    clf_eval = clf.add_parser("eval", help="P/R/F1 and confusion counts: classifier, rules, rules + classifier")
+    clf_eval.add_argument("dataset", help="JSONL: text, speaker, labels")
+    clf_eval.add_argument("--model", type=Path, help="model directory (default: classifier.path)")
+    clf_eval.add_argument("--json", action="store_true")
+    clf_eval.set_defaults(func=cmd_classifier_eval)
 
     asr = sub.add_parser("asr", help="measure speech recognition").add_subparsers(dest="asr_cmd", required=True)
     asr_eval = asr.add_parser("eval", help="CER and RTF over a manifest of real recordings")
