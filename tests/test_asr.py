@@ -13,7 +13,7 @@ from compliance_monitor.asr.weights import BASE_MODEL_BYTES, ModelUnavailableErr
 from compliance_monitor.audio.g711 import ulaw_decode, ulaw_encode
 from compliance_monitor.audio.resample import float_to_pcm16, pcm16_to_float, resample
 from compliance_monitor.config import AsrSettings
-from tests.conftest import AISHELL, load_audio
+from tests.conftest import AISHELL, SHARED, load_audio
 
 CACHE = Path.home() / ".cache" / "compliance-monitor"
 
@@ -106,3 +106,27 @@ def test_max_new_tokens_scales_with_duration() -> None:
     short = DecodeRequest(np.zeros(16_000, np.float32), beam_size=1)
     long = DecodeRequest(np.zeros(16_000 * 10, np.float32), beam_size=1)
     assert short.max_new_tokens < long.max_new_tokens < 448
+
+
+@pytest.mark.unit
+def test_a_final_far_shorter_than_its_audio_counts_as_truncated() -> None:
+    from compliance_monitor.asr.decoder import DecodeResult, _truncated
+
+    speech = DecodeRequest(np.zeros(int(16_000 * 2.5), np.float32), beam_size=5)
+    one_char = DecodeResult("采", -0.8, 0.0, 0.3, None)
+    sentence = DecodeResult("身份证后四位是零六二九", -0.5, 0.0, 0.8, None)
+    assert _truncated(one_char, speech)
+    assert not _truncated(sentence, speech)
+    assert not _truncated(one_char, DecodeRequest(np.zeros(16_000, np.float32), beam_size=5))  # 对 / 嗯: fine
+
+
+@pytest.mark.slow
+def test_a_final_the_short_window_cuts_off_is_decoded_in_the_full_window(decoder: WhisperDecoder) -> None:
+    # A dev-call turn (customer, telephone band) on which whisper-base, given the 5 s window, stops after one
+    # character; in the stock 30 s window it reads the sentence.
+    from compliance_monitor.audio.wavfile import read_wav
+
+    audio, rate = read_wav(SHARED / "calls" / "dev" / "dev07.wav")
+    turn = telephone_band(audio[int(20.11 * rate) : int(22.56 * rate), 1].astype(np.float32))
+    result = decoder.decode([DecodeRequest(turn, beam_size=5)])[0]
+    assert cer("身份证后四位是零六二九", result.text) < 0.6, result

@@ -26,6 +26,9 @@ FRAMES_PER_SECOND = 100
 FALLBACK_TEMPERATURES = (0.4, 0.8)
 TOKENS_PER_SECOND = 12
 MIN_NEW_TOKENS = 16
+# Mandarin runs 3-5 characters a second; under 1 a second over 1.5 s of speech means whisper stopped early.
+MIN_CHARS_PER_S = 1.0
+MIN_TRUNCATION_CHECK_S = 1.5
 # A single prompt word as the whole output is only believed when the audio looked like speech.
 PROMPT_ECHO_NO_SPEECH = 0.3
 
@@ -50,6 +53,14 @@ class DecodeResult:
     no_speech_prob: float
     compression_ratio: float
     rejected: str | None  # why the text was discarded (silence, repetition, low confidence)
+
+
+def _truncated(result: DecodeResult, request: DecodeRequest) -> bool:
+    """A final far shorter than its audio: whisper ended early (one character for 2.5 s of speech)."""
+    seconds = len(request.audio) / 16_000
+    return (
+        result.rejected is None and seconds >= MIN_TRUNCATION_CHECK_S and len(result.text) < seconds * MIN_CHARS_PER_S
+    )
 
 
 def compression_ratio(text: str) -> float:
@@ -117,9 +128,9 @@ class WhisperDecoder:
         wanted = -(-(frames + FRAMES_PER_SECOND) // 100) * 100
         return min(FULL_WINDOW, max(self.settings.encoder_window_frames, wanted))
 
-    def _features(self, audios: list[np.ndarray]) -> np.ndarray:
+    def _features(self, audios: list[np.ndarray], window: int | None = None) -> np.ndarray:
         mels = [self.model.feature_extractor(a)[:, :-1] if len(a) else np.zeros((80, 1)) for a in audios]
-        window = max(self._window(m.shape[1]) for m in mels)
+        window = window or max(self._window(m.shape[1]) for m in mels)
         batch = np.zeros((len(mels), mels[0].shape[0], window), dtype=np.float32)
         for i, mel in enumerate(mels):
             n = min(window, mel.shape[1])
@@ -152,9 +163,31 @@ class WhisperDecoder:
                 results[i] = res
         for i, res in enumerate(results):
             assert res is not None
-            if res.rejected in {"repetition", "low_confidence"} and requests[i].fallback:
-                results[i] = self._fallback(requests[i]) or res
+            request = requests[i]
+            if not request.fallback:
+                continue
+            if res.rejected in {"repetition", "low_confidence"} or _truncated(res, request):
+                results[i] = self._full_window(request, res)
+            if results[i].rejected in {"repetition", "low_confidence"}:  # type: ignore[union-attr]
+                results[i] = self._fallback(request) or results[i]
         return [r for r in results if r is not None]
+
+    def _full_window(self, request: DecodeRequest, first: DecodeResult) -> DecodeResult:
+        """The stock 30 s window, for a final the short window got wrong.
+
+        With a short window whisper-base sometimes stops after one character (身份证后四位是… → 采) or
+        loses confidence; the same audio in the 30 s window it was trained on decodes fine (measured on
+        the dev calls' turns). Costs one more encoder pass, only for those finals.
+        """
+        if self._window(len(request.audio) // 160) >= FULL_WINDOW:
+            return first
+        import ctranslate2
+
+        features = ctranslate2.StorageView.from_array(self._features([request.audio], FULL_WINDOW))
+        retry = self._generate(features, [request], request.beam_size)[0]
+        if retry.rejected is None and len(retry.text) > len(first.text):
+            return retry
+        return first
 
     def _generate(
         self, features: object, requests: list[DecodeRequest], beam: int, temperature: float = 0.0
