@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from compliance_monitor.detect.evaluate import Utterance
+from compliance_monitor.detect.evaluate import Scores, Utterance
 from compliance_monitor.detect.model import Classifier
 from compliance_monitor.detect.rules import RuleEngine
 from compliance_monitor.messages import UTTERANCE_CATEGORIES
@@ -20,25 +20,11 @@ from compliance_monitor.text.tokenise import Tokenizer
 SYSTEMS = ("classifier", "rules", "rules + classifier")
 
 
-@dataclass(frozen=True)
-class Confusion:
-    tp: int
-    fp: int
-    fn: int
-    tn: int
+@dataclass
+class Confusion(Scores):
+    """``rules eval``'s precision / recall / F1 counts, plus the true negatives."""
 
-    @property
-    def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
-
-    @property
-    def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
-
-    @property
-    def f1(self) -> float:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
+    tn: int = 0
 
 
 def confusion(predicted: Sequence[frozenset[str]], data: Sequence[Utterance], label: str | None) -> Confusion:

@@ -84,9 +84,6 @@ class PinyinIndex:
         if self._size:
             self._automaton.make_automaton()
 
-    def __bool__(self) -> bool:
-        return self._size > 0
-
     def iter(self, text: str) -> Iterator[tuple[str, str, tuple[int, int]]]:
         """(keyword, rule id, character span in ``text``) for each sound-alike occurrence."""
         if not self._size:
