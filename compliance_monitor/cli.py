@@ -231,7 +231,11 @@ def cmd_classifier_eval(args: argparse.Namespace) -> int:
     data = load_dataset(Path(args.dataset))
     engine = RuleEngine.from_files(pack_files(settings.rules))
     tokenizer = Tokenizer(settings.rules.dir / settings.rules.user_dict)
-    table = ce.report(ce.predictions(data, engine, tokenizer, classifier, settings.classifier.labels), data)
+    context = settings.classifier.context if args.context is None else args.context
+    preds = ce.predictions(
+        data, engine, tokenizer, classifier, settings.classifier.labels, segments=args.segments, context=context
+    )
+    table = ce.report(preds, data)
     print(json.dumps(ce.as_dict(table), indent=1) if args.json else ce.format_report(table, len(data)))
     return 0
 
@@ -366,6 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     clf_eval = clf.add_parser("eval", help="P/R/F1 and confusion counts: classifier, rules, rules + classifier")
     clf_eval.add_argument("dataset", help="JSONL: text, speaker, labels")
     clf_eval.add_argument("--model", type=Path, help="model directory (default: classifier.path)")
+    clf_eval.add_argument(
+        "--segments",
+        choices=["whole", "split"],
+        default="whole",
+        help="split: each line is said as two segments, cut near its middle (as a pause would)",
+    )
+    clf_eval.add_argument(
+        "--context", type=int, help="previous segments the classifier joins (default: classifier.context)"
+    )
     clf_eval.add_argument("--json", action="store_true")
     clf_eval.set_defaults(func=cmd_classifier_eval)
 

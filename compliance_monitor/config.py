@@ -99,6 +99,9 @@ class ClassifierSettings(BaseModel):
         default_factory=lambda: ["threat", "abuse", "impersonation", "third_party_disclosure"],
         description="the classifier labels that raise findings",
     )
+    context: int = Field(
+        1, ge=0, le=4, description="previous finals of the same speaker the classifier also reads joined to each final"
+    )
 
 
 class PolicySettings(BaseModel):

@@ -91,10 +91,9 @@ class CallSession:
         }
         engine = services.rules.engine
         self._omissions = OmissionTracker(self.call_id, engine.omission_rules)
-        # Recent finals per speaker, for rules that match across consecutive segments.
-        self._context: dict[Speaker, deque[NormalisedText]] = {
-            sp: deque(maxlen=max(1, engine.max_context - 1)) for sp in started.speakers
-        }
+        # Recent finals per speaker, for rules and the classifier that read across consecutive segments.
+        window = max(1, engine.max_context - 1, services.model.context if services.model else 0)
+        self._context: dict[Speaker, deque[NormalisedText]] = {sp: deque(maxlen=window) for sp in started.speakers}
         self._last_t = 0.0
         floor = s.policy.check_partials_from
         self._partial_floor = None if floor == "never" else Severity(floor).rank

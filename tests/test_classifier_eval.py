@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from compliance_monitor.cli import main
-from compliance_monitor.detect.classifier_eval import as_dict, confusion, predictions, report
+from compliance_monitor.detect.classifier_eval import as_dict, confusion, predictions, report, split_in_two
 from compliance_monitor.detect.evaluate import Utterance
 from compliance_monitor.detect.rules import RuleEngine
 from compliance_monitor.messages import Speaker
@@ -64,3 +64,27 @@ def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
     dataset.write_text(json.dumps({"text": "你好", "speaker": "agent", "labels": []}) + "\n", encoding="utf-8")
     assert main(["classifier", "eval", str(dataset), "--model", str(tmp_path / "none")]) == 2
     assert "train_classifier.py" in capsys.readouterr().err
+
+
+def test_lines_split_at_the_clause_break_nearest_the_middle(tokenizer: Tokenizer) -> None:
+    assert split_in_two("你今天不还，明天我们就去你单位，找你领导", tokenizer) == [
+        "你今天不还",
+        "明天我们就去你单位，找你领导",
+    ]
+    halves = split_in_two("明天我们就去你单位找你领导谈谈", tokenizer)  # no break: a word boundary
+    assert len(halves) == 2 and "".join(halves) == "明天我们就去你单位找你领导谈谈"
+    assert split_in_two("好的，谢谢", tokenizer) == ["好的，谢谢"]  # halves too short: stays whole
+
+
+class HalfThreat(StandIn):
+    def predict(self, texts: list[str], speakers: list[str]) -> list[dict[str, float]]:
+        return [{"threat": 0.9 if "不还" in t and "家里人" in t else 0.1} for t in texts]
+
+
+def test_split_lines_need_context_to_be_caught(cn_engine: RuleEngine, tokenizer: Tokenizer) -> None:
+    data = [Utterance("你要是再拖着不还，你家里人会怎么样", Speaker.AGENT, frozenset({"threat"}))]
+    whole = predictions(data, cn_engine, tokenizer, HalfThreat(), ["threat"], segments="whole")
+    alone = predictions(data, cn_engine, tokenizer, HalfThreat(), ["threat"], segments="split", context=0)
+    joined = predictions(data, cn_engine, tokenizer, HalfThreat(), ["threat"], segments="split", context=1)
+    assert whole["classifier"] == joined["classifier"] == [frozenset({"threat"})]
+    assert alone["classifier"] == [frozenset()]

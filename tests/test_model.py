@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from compliance_monitor.detect.model import ModelDetector, load_model_detector
+from compliance_monitor.detect.model import ModelDetector, hits_in_context, load_model_detector
 from compliance_monitor.messages import NormalisedText, Severity, Speaker, Transcript
 
 pytestmark = pytest.mark.unit
@@ -69,3 +69,49 @@ async def test_only_configured_labels_raise_findings() -> None:
 
 def test_missing_model_means_rules_only(tmp_path: Path) -> None:
     assert load_model_detector(tmp_path / "nothing-here", threads=1) is None
+
+
+class SplitThreat(StandIn):
+    """Says threat only for text holding both halves of a conditional threat: 不还 ... 家里人."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+
+    def predict(self, texts: list[str], speakers: list[str]) -> list[dict[str, float]]:
+        self.calls.append((texts, speakers))
+        return [{"threat": 0.8 if "不还" in t and "家里人" in t else 0.1} for t in texts]
+
+
+def test_a_threat_cut_in_two_by_a_pause_is_caught_with_context() -> None:
+    model = SplitThreat()
+    first, second = "你要是今天还不还", "你家里人会怎么样"
+    assert hits_in_context(model, second, "agent", [first], window=0) == []
+    (hit,) = hits_in_context(model, second, "agent", ["您好", first], window=1)
+    assert (hit.label, hit.score, hit.context) == ("threat", 0.8, 1)
+    # one batch: the segment, then the previous one joined to it and alone
+    assert model.calls[-1][0] == [second, f"{first}，{second}", first]
+
+
+def test_context_does_not_raise_again_what_the_previous_segment_said() -> None:
+    model = SplitThreat()
+    assert hits_in_context(model, "好的", "agent", ["今天不还你家里人就知道了"], window=2) == []
+
+
+def test_joined_view_keeps_the_end_where_the_segment_is() -> None:
+    model = SplitThreat()
+    long_context = "不还" + "啊" * 100
+    hits_in_context(model, "家里人", "agent", [long_context], window=1)
+    joined = model.calls[-1][0][1]
+    assert len(joined) == 60 and joined.endswith("，家里人")
+
+
+async def test_context_findings_say_they_read_the_previous_segment() -> None:
+    detector = ModelDetector(SplitThreat(), context=1)
+    tr = Transcript("c1", Speaker.AGENT, 4, "你家里人会怎么样", 13.0, 14.5, True)
+    previous = NormalisedText("你要是今天还不还", "你要是今天还不还", "你要是今天还不还", ())
+    now = NormalisedText("你家里人会怎么样", "你家里人会怎么样", "你家里人会怎么样", ())
+    (finding,) = await detector.detect(tr, now, (previous,))
+    assert finding.category == "threat" and "结合此前 1 句" in finding.explanation
+    assert finding.segment_no == 4
+    assert await ModelDetector(SplitThreat()).detect(tr, now, (previous,)) == []  # context 0: segment alone
+    detector.close()

@@ -61,7 +61,12 @@ async def build_services(settings: Settings, decoder_factory: DecoderFactory | N
         "monitor ready: ASR on %s, %d rules, archive %s", asr.device, rules.engine.rule_count, settings.archive.path
     )
     model = (
-        load_model_detector(settings.classifier.path, settings.classifier.threads, settings.classifier.labels)
+        load_model_detector(
+            settings.classifier.path,
+            settings.classifier.threads,
+            settings.classifier.labels,
+            context=settings.classifier.context,
+        )
         if settings.classifier.enabled
         else None
     )

@@ -3,6 +3,11 @@
 Rules catch what compliance officers can name; the classifier catches paraphrases and what ASR garbles.
 Its findings say so (``source="model"``, ``score``) and go through the same policy as rule findings. On a
 segment where a rule already raised the same category, the model adds nothing (one alert per category).
+
+Sliding context: a pause can cut one sentence into two finals (你要是今天不还 | 你家里人会怎么样我可不敢保证), and
+neither half reads as a threat alone. Each final is also scored joined to the speaker's previous one or two
+finals; a label the joined text reaches counts for this segment only when those previous finals alone do not
+reach it, so a violation already raised is not raised again on the lines that follow it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -37,32 +43,74 @@ EXPLANATION = {
 }
 
 
+CONTEXT_SEPARATOR = "，"
+CONTEXT_CHARS = 60  # the served model reads 61 characters; a joined view keeps its end, where this segment is
+
+
 class Classifier(Protocol):
     def predict(self, texts: list[str], speakers: list[str]) -> list[dict[str, float]]: ...
 
     def above_threshold(self, scores: dict[str, float]) -> list[tuple[str, float]]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ModelHit:
+    label: str
+    score: float
+    context: int  # previous finals of the speaker the label needed; 0: this segment alone
+
+
+def hits_in_context(
+    classifier: Classifier, text: str, speaker: str, context: Sequence[str] = (), window: int = 0
+) -> list[ModelHit]:
+    """Labels raised by ``text``, alone or joined to up to ``window`` of the speaker's previous segments.
+
+    One batch: the segment, then for k = 1..window the last k previous segments with and without it.
+    """
+    recent = list(context)[-window:] if window > 0 else []
+    views = [text]
+    for k in range(1, len(recent) + 1):
+        views += [_joined([*recent[-k:], text]), _joined(recent[-k:])]
+    scores = classifier.predict(views, [speaker] * len(views))
+    hits = {label: ModelHit(label, score, 0) for label, score in classifier.above_threshold(scores[0])}
+    for k in range(1, len(recent) + 1):
+        already = {label for label, _ in classifier.above_threshold(scores[2 * k])}
+        for label, score in classifier.above_threshold(scores[2 * k - 1]):
+            if label not in hits and label not in already:
+                hits[label] = ModelHit(label, score, k)
+    return sorted(hits.values(), key=lambda h: -h.score)
+
+
+def _joined(texts: Sequence[str]) -> str:
+    return CONTEXT_SEPARATOR.join(texts)[-CONTEXT_CHARS:]
+
+
 class ModelDetector:
-    def __init__(self, classifier: Classifier, labels: Sequence[str] | None = None) -> None:
+    def __init__(self, classifier: Classifier, labels: Sequence[str] | None = None, *, context: int = 0) -> None:
         self.classifier = classifier
         self.labels = frozenset(SEVERITY if labels is None else labels) & SEVERITY.keys()
+        self.context = context  # previous finals of the same speaker to join (0: each segment alone)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classifier")
 
     async def detect(
         self, tr: Transcript, text: NormalisedText, context: Sequence[NormalisedText] = ()
     ) -> list[Finding]:
         loop = asyncio.get_running_loop()
-        scores = await loop.run_in_executor(self._executor, self.classifier.predict, [text.text], [tr.speaker.value])
+        previous = [c.text for c in context]
+        hits = await loop.run_in_executor(
+            self._executor, hits_in_context, self.classifier, text.text, tr.speaker.value, previous, self.context
+        )
         return [
-            self._finding(tr, label, score)
-            for label, score in self.classifier.above_threshold(scores[0])
-            if label in self.labels and (label == "customer_abuse") == (tr.speaker is Speaker.CUSTOMER)
+            self._finding(tr, hit)
+            for hit in hits
+            if hit.label in self.labels and (hit.label == "customer_abuse") == (tr.speaker is Speaker.CUSTOMER)
         ]
 
     @staticmethod
-    def _finding(tr: Transcript, label: str, score: float) -> Finding:
+    def _finding(tr: Transcript, hit: ModelHit) -> Finding:
+        label, score = hit.label, hit.score
         supervisor, collector = EXPLANATION[label]
+        joined = f"，结合此前 {hit.context} 句" if hit.context else ""
         return Finding(
             call_id=tr.call_id,
             speaker=tr.speaker,
@@ -74,7 +122,7 @@ class ModelDetector:
             span=(0, 0),
             t0=tr.t0,
             t1=tr.t1,
-            explanation=f"{supervisor}（置信度 {score:.2f}）",
+            explanation=f"{supervisor}（置信度 {score:.2f}{joined}）",
             collector_explanation=collector,
             source="model",
             score=round(score, 3),
@@ -84,13 +132,15 @@ class ModelDetector:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def load_model_detector(path: Path, threads: int, labels: Sequence[str] | None = None) -> ModelDetector | None:
+def load_model_detector(
+    path: Path, threads: int, labels: Sequence[str] | None = None, *, context: int = 0
+) -> ModelDetector | None:
     """The trained classifier, or None (with the reason logged) when it has not been built."""
     if not (path / "config.json").is_file():
         log.warning("no utterance classifier at %s (build it with scripts/train_classifier.py): rules only", path)
         return None
     from compliance_monitor.detect.classifier import UtteranceClassifier
 
-    detector = ModelDetector(UtteranceClassifier.load(path, threads=threads), labels)
+    detector = ModelDetector(UtteranceClassifier.load(path, threads=threads), labels, context=context)
     log.info("utterance classifier from %s: %s", path, ", ".join(sorted(detector.labels)))
     return detector
