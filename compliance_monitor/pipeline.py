@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,6 +71,31 @@ class Services:
     model: ModelDetector | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Said:
+    """A final of one speaker, kept as context for the next ones."""
+
+    t0: float
+    t1: float
+    text: NormalisedText
+
+
+def _same_breath(said: Sequence[_Said], t0: float, max_gap_s: float) -> tuple[NormalisedText, ...]:
+    """The speaker's last finals that run up to ``t0`` with no pause longer than ``max_gap_s``, oldest first.
+
+    The classifier joins them to the new final: a pause cut one sentence into several finals. After a longer
+    silence (the other party spoke) the earlier talk is another sentence, and joining it only adds false alarms.
+    """
+    recent: list[NormalisedText] = []
+    start = t0
+    for earlier in reversed(said):
+        if start - earlier.t1 > max_gap_s:
+            break
+        recent.append(earlier.text)
+        start = earlier.t0
+    return tuple(reversed(recent))
+
+
 class CallSession:
     def __init__(self, started: CallStarted, services: Services, control: CallControl) -> None:
         self.started = started
@@ -93,7 +118,7 @@ class CallSession:
         self._omissions = OmissionTracker(self.call_id, engine.omission_rules)
         # Recent finals per speaker, for rules and the classifier that read across consecutive segments.
         window = max(1, engine.max_context - 1, services.model.context if services.model else 0)
-        self._context: dict[Speaker, deque[NormalisedText]] = {sp: deque(maxlen=window) for sp in started.speakers}
+        self._context: dict[Speaker, deque[_Said]] = {sp: deque(maxlen=window) for sp in started.speakers}
         self._last_t = 0.0
         floor = s.policy.check_partials_from
         self._partial_floor = None if floor == "never" else Severity(floor).rank
@@ -195,9 +220,10 @@ class CallSession:
             )
         )
         self._last_t = max(self._last_t, tr.t1)
-        context = self._context[tr.speaker]
+        said = self._context[tr.speaker]
+        context = tuple(earlier.text for earlier in said)
         if tr.final:
-            rule_findings = svc.rules.detect(tr, text, tuple(context))
+            rule_findings = svc.rules.detect(tr, text, context)
             for finding in rule_findings:
                 key = (finding.rule_id, finding.speaker.value, finding.segment_no)
                 if (partial_id := self._from_partials.pop(key, None)) is not None:
@@ -206,14 +232,15 @@ class CallSession:
                     await self._raise(finding, segment_id)
             if svc.model is not None:
                 named = {f.category for f in rule_findings} | self._partial_categories(tr)
-                for finding in await svc.model.detect(tr, text, tuple(context)):
+                recent = _same_breath(said, tr.t0, svc.settings.classifier.context_gap_s)
+                for finding in await svc.model.detect(tr, text, recent):
                     if finding.category not in named and svc.policy.is_new(finding):
                         await self._raise(finding, segment_id)
-            context.append(text)
+            said.append(_Said(tr.t0, tr.t1, text))
             self._omissions.observe(tr.speaker, tr.t0, text)
         elif self._partial_floor is not None:
             # Serious findings need not wait for the end of a long turn: check the partial hypothesis.
-            for finding in svc.rules.detect(tr, text, tuple(context)):
+            for finding in svc.rules.detect(tr, text, context):
                 if finding.severity.rank >= self._partial_floor and svc.policy.is_new(finding):
                     key = (finding.rule_id, finding.speaker.value, finding.segment_no)
                     self._from_partials[key] = await self._raise(finding, None)

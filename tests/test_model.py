@@ -8,6 +8,7 @@ import pytest
 
 from compliance_monitor.detect.model import ModelDetector, hits_in_context, load_model_detector
 from compliance_monitor.messages import NormalisedText, Severity, Speaker, Transcript
+from compliance_monitor.pipeline import _Said, _same_breath
 
 pytestmark = pytest.mark.unit
 
@@ -115,3 +116,15 @@ async def test_context_findings_say_they_read_the_previous_segment() -> None:
     assert finding.segment_no == 4
     assert await ModelDetector(SplitThreat()).detect(tr, now, (previous,)) == []  # context 0: segment alone
     detector.close()
+
+
+def said(t0: float, t1: float, text: str) -> _Said:
+    return _Said(t0, t1, NormalisedText(text, text, text, ()))
+
+
+def test_only_finals_a_short_pause_apart_are_joined() -> None:
+    history = [said(0.0, 3.0, "您好"), said(9.0, 11.0, "你要是今天还不还"), said(11.6, 12.4, "我跟你讲")]
+    # 12.4 -> 13.0 and 11.0 -> 11.6 are pauses inside a sentence; 3.0 -> 9.0 is another turn
+    assert [t.text for t in _same_breath(history, 13.0, 2.0)] == ["你要是今天还不还", "我跟你讲"]
+    assert _same_breath(history, 20.0, 2.0) == ()  # after a long silence: a new sentence
+    assert _same_breath([], 1.0, 2.0) == ()
