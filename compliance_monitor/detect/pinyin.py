@@ -13,7 +13,6 @@ so heteronyms stay consistent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import lru_cache
 from typing import Literal
 
@@ -61,6 +60,26 @@ def sounds(text: str, mode: PinyinMode) -> str:
     return text.translate(sound_table(mode))
 
 
+@lru_cache(maxsize=4)
+def _translation_list(soundless: frozenset[str]) -> list[int]:
+    """The fuzzy ``sound_table`` as a list: str.translate indexes it faster than it hashes into a dict
+    (1.6 MB, shared by the indexes whose keys hold the same ``soundless`` characters; usually none).
+
+    A character without a sound stays itself if a key holds it; all others become one filler no key
+    holds, so they match nothing, as before.
+    """
+    table = sound_table("fuzzy")
+    filler = next(cp for cp in range(_CLASS_BASE - 1, 0, -1) if chr(cp) not in soundless)
+    heard = [filler] * (max(table) + 1)
+    for ch in soundless:
+        if ord(ch) < len(heard):
+            heard[ord(ch)] = ord(ch)
+    classes: dict[int, int] = {}  # one int object per sound class: few, so they stay in cache
+    for cp, sound in table.items():
+        heard[cp] = classes.setdefault(sound, sound)
+    return heard
+
+
 class PinyinIndex:
     """Keywords of several rules and tolerance modes, matched by sound in one pass.
 
@@ -72,6 +91,7 @@ class PinyinIndex:
     def __init__(self) -> None:
         self._automaton = ahocorasick.Automaton()
         self._size = 0
+        self._heard_as: list[int] = []  # code point -> fuzzy sound class, for str.translate
 
     def add(self, keyword: str, rule_id: str, mode: PinyinMode) -> None:
         key = sounds(keyword, "fuzzy")
@@ -83,14 +103,18 @@ class PinyinIndex:
     def finish(self) -> None:
         if self._size:
             self._automaton.make_automaton()
+            soundless = frozenset(ch for key in self._automaton for ch in key if ord(ch) < _CLASS_BASE)
+            self._heard_as = _translation_list(soundless)
 
-    def iter(self, text: str) -> Iterator[tuple[str, str, tuple[int, int]]]:
-        """(keyword, rule id, character span in ``text``) for each sound-alike occurrence."""
+    def matches(self, text: str) -> list[tuple[str, str, tuple[int, int]]]:
+        """(keyword, rule id, character span in ``text``) for each sound-alike occurrence, in text order."""
+        found: list[tuple[str, str, tuple[int, int]]] = []
         if not self._size:
-            return
-        for end, entries in self._automaton.iter(sounds(text, "fuzzy")):
+            return found
+        for end, entries in self._automaton.iter(text.translate(self._heard_as)):
             start = end - len(entries[0][0]) + 1
             heard = text[start : end + 1]
             for keyword, rule_id, mode, key in entries:
                 if mode == "fuzzy" or sounds(heard, mode) == key:
-                    yield keyword, rule_id, (start, end + 1)
+                    found.append((keyword, rule_id, (start, end + 1)))
+        return found

@@ -1,10 +1,11 @@
-"""One pass over a segment that says which keywords occur and which regexes can match.
+"""One pass over a segment that says which keywords occur and which gated checks may succeed.
 
-The rule engine then offers every occurrence of those keywords and runs only those regexes, so the
-cost of a segment hardly depends on the size of the pack. A regex is split into its top-level
-alternatives, each gated on literal sets its matches must contain (``prefilter.branch_covers``);
-cover words and keywords share one Aho-Corasick automaton, each cover is a bit, and a gate opens when
-all of its bits are set. Regexes with nothing to gate on always run.
+The rule engine then offers every occurrence of those keywords and runs only those checks (regexes,
+token sequences, proximity, ``unless`` lists), so the cost of a segment hardly depends on the size of
+the pack. A check is a list of gates, any of which may open it; a gate is a list of *covers*, literal
+sets each of which every success contains one literal of (``prefilter.branch_covers`` derives them
+for a regex). Cover words and keywords share one Aho-Corasick automaton. A check with no gates
+(``None``) is always open; one with an empty list never is.
 
 (Intel Hyperscan in prefilter mode would give the candidates in one C pass, but compiling these packs
 took 20 s and more per pack here; the automaton builds in milliseconds.)
@@ -12,71 +13,87 @@ took 20 s and more per pack here; the automaton builds in milliseconds.)
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
+from typing import NamedTuple
 
 import ahocorasick
 
-from compliance_monitor.detect.prefilter import branch_covers
+Gate = Sequence[frozenset[str]]  # covers that must all be hit (lowercase literals)
+Check = Sequence[Gate] | None  # open when any gate opens; None: always open
+Candidates = tuple[list[str], set[int]]  # the keywords that occur (lowercased, each once), the open checks
+
+_literal_number = itemgetter(1)  # of an automaton hit (end, value)
 
 
-@dataclass(frozen=True, slots=True)
-class Candidates:
-    keywords: frozenset[str]  # lowercased keywords that occur
-    regexes: frozenset[int]  # numbers of the regexes that may match
+def _bytewise(text: str) -> str:
+    """``text`` as its UTF-8 bytes, one latin-1 character each (what the automaton is built on)."""
+    return text.encode("utf-8", "surrogatepass").decode("latin-1")
 
 
-@dataclass(frozen=True, slots=True)
-class _Literal:
-    word: str
-    keyword: bool
-    cover_bits: int  # the covers this word belongs to
-    first_gates: tuple[int, ...]  # gates whose first (rarest) cover holds this word
+class _Literal(NamedTuple):
+    opens: frozenset[int]  # checks it opens alone
+    conditional: tuple[tuple[int, tuple[frozenset[int], ...]], ...]  # (check, its other covers' words)
+    keyword: str | None  # the keyword it is, if it is one
 
 
 class Scanner:
-    """Keywords and regexes of one field; ``prefilter=False`` runs every regex (for tests)."""
+    """Keywords and gated checks of one text view, scanned in its lowercased form.
 
-    def __init__(self, keywords: Sequence[str], regexes: Sequence[str], *, prefilter: bool = True) -> None:
-        self._ungated: list[int] = []
-        self._gate_regex: list[int] = []  # gate -> regex number
-        self._gate_need: list[int] = []  # gate -> bits of all its covers
-        cover_bit: dict[frozenset[str], int] = {}
-        words: dict[str, tuple[int, list[int]]] = {w: (0, []) for w in keywords}
-        for g, pattern in enumerate(regexes):
-            gates = branch_covers(pattern, re.IGNORECASE) if prefilter else None
-            if gates is None:
-                self._ungated.append(g)
-                continue
-            for covers in gates:
-                gate = len(self._gate_regex)
-                bits = [cover_bit.setdefault(c, 1 << len(cover_bit)) for c in covers]
-                self._gate_regex.append(g)
-                self._gate_need.append(sum(set(bits)))
-                for cover, bit in zip(covers, bits, strict=True):
-                    for word in cover:
-                        old_bits, first = words.get(word, (0, []))
-                        words[word] = (old_bits | bit, [*first, gate] if cover is covers[0] else first)
-        keyword_set = set(keywords)
+    A gate of one cover opens as soon as one of its words occurs. A gate of several is looked at when
+    a word of its first (most selective) cover occurs, and opens if each other cover has a word too.
+
+    The automaton runs over UTF-8 bytes: pyahocorasick looks a node's child up linearly, and with
+    characters the root had a child for each of hundreds of first characters, a scan of them all for
+    every character that starts no word; with bytes a node has 64 children at most. UTF-8 being
+    self-synchronising, a word's bytes occur exactly where the word does. ``char_frequency`` (how
+    common a character is in ordinary speech) puts the words of common characters first, so that
+    their bytes come early in those linear lookups.
+    """
+
+    def __init__(
+        self,
+        keywords: Iterable[str],
+        checks: Sequence[Check],
+        char_frequency: Callable[[str], float] = lambda _ch: 0.0,
+    ) -> None:
+        keywords = set(keywords)
+        cover_words = {word for gates in checks for covers in gates or () for cover in covers for word in cover}
+        words = sorted(cover_words | keywords, key=lambda w: (-char_frequency(w[0]), w))
+        number = {word: n for n, word in enumerate(words)}
+        self._always = frozenset(c for c, gates in enumerate(checks) if gates is None)
+        opens: list[set[int]] = [set() for _ in words]  # per word, the checks it opens alone
+        conditional: list[list[tuple[int, tuple[frozenset[int], ...]]]] = [[] for _ in words]  # (check, other covers)
+        for check, gates in enumerate(checks):
+            for first, *rest in gates or ():
+                others = tuple(frozenset(number[w] for w in cover) for cover in rest)
+                for word in first:
+                    if others:
+                        conditional[number[word]].append((check, others))
+                    else:
+                        opens[number[word]].add(check)
+        self._literals = [
+            _Literal(frozenset(opens[n]), tuple(conditional[n]), word if word in keywords else None)
+            for n, word in enumerate(words)
+        ]
         self._automaton = ahocorasick.Automaton()
-        for word, (bits, first) in words.items():
-            self._automaton.add_word(word, _Literal(word, word in keyword_set, bits, tuple(first)))
+        for n, word in enumerate(words):
+            self._automaton.add_word(_bytewise(word), n)
         if words:
             self._automaton.make_automaton()
-        self._empty = not words
 
-    def scan(self, haystack: str) -> Candidates:
-        present, gates, found = 0, [], []
-        if not self._empty:
-            for _end, literal in self._automaton.iter(haystack.lower()):
-                present |= literal.cover_bits
-                if literal.first_gates:
-                    gates.extend(literal.first_gates)
-                if literal.keyword:
-                    found.append(literal.word)
-        need, gate_regex = self._gate_need, self._gate_regex
-        regexes = {gate_regex[g] for g in gates if need[g] & present == need[g]}
-        if self._ungated:
-            regexes.update(self._ungated)
-        return Candidates(frozenset(found), frozenset(regexes))
+    def scan(self, lowered: str) -> Candidates:
+        keywords: list[str] = []
+        checks = set(self._always)
+        if not self._literals:
+            return keywords, checks
+        found = set(map(_literal_number, self._automaton.iter(_bytewise(lowered))))  # each word once
+        for n in found:  # a handful: a plain loop beats set algebra here
+            opens, conditional, keyword = self._literals[n]
+            checks |= opens
+            for check, others in conditional:
+                if not any(map(found.isdisjoint, others)):
+                    checks.add(check)
+            if keyword is not None:
+                keywords.append(keyword)
+        return keywords, checks
