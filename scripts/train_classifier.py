@@ -18,7 +18,6 @@ import argparse
 import csv
 import json
 import random
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from compliance_monitor.detect.classifier import (  # noqa: E402
     preprocess,
     train_model,
 )
+from compliance_monitor.detect.classifier_eval import CLAUSE_BREAK  # noqa: E402
 from compliance_monitor.detect.ngram import NgramModel, marked  # noqa: E402
 
 Row = tuple[str, str, list[str]]
@@ -114,9 +114,6 @@ def extra_rows(extra: list[Row], copies: int, rng: random.Random) -> list[Row]:
     return rows
 
 
-_CLAUSE_BREAK = re.compile(r"[，,。；;！!？?、…]+")
-
-
 def fragment_rows(extra: list[Row]) -> list[Row]:
     """The clauses of compliant lines, as compliant lines of their own.
 
@@ -127,7 +124,7 @@ def fragment_rows(extra: list[Row]) -> list[Row]:
     seen: set[tuple[str, str]] = set()
     rows: list[Row] = []
     for text, speaker, labels in extra:
-        clauses = [c.strip() for c in _CLAUSE_BREAK.split(text) if len(c.strip()) >= 2]
+        clauses = [c.strip() for c in CLAUSE_BREAK.split(text) if len(c.strip()) >= 2]
         if labels or len(clauses) < 2:
             continue
         for clause in clauses:

@@ -62,9 +62,10 @@ def test_pinyin_tolerance(tmp_path: Path, tokenizer: Tokenizer, mode: str, heard
     assert ("t.kill" in fired(engine, tokenizer, heard)) is hit
 
 
-def test_pinyin_match_reports_the_heard_words(tmp_path: Path, tokenizer: Tokenizer) -> None:
+@pytest.mark.parametrize("heard", ["信不信我弄屎你", "ok😀我弄屎你"])  # spans stay right around other characters
+def test_pinyin_match_reports_the_heard_words(tmp_path: Path, tokenizer: Tokenizer, heard: str) -> None:
     engine = RuleEngine([pack_from(tmp_path, rule("t.kill", "      keywords: [弄死你]\n      pinyin: fuzzy\n"))])
-    (m,) = engine.match(normalise("信不信我弄屎你", tokenizer), Speaker.AGENT)
+    (m,) = engine.match(normalise(heard, tokenizer), Speaker.AGENT)
     assert m.matched_text == "弄屎你" and m.span == (4, 7)
 
 
@@ -246,12 +247,6 @@ def test_scanner_opens_a_check_when_each_cover_of_a_gate_occurs() -> None:
     assert scanner.scan("你家人知道你欠钱") == ([], {0, 1})  # 1: always open; 2: never
     assert scanner.scan("你家人知道吗") == ([], {1})
     assert scanner.scan("老赖就得拘留") == (["老赖"], {1, 3})
-
-
-def test_pinyin_spans_stay_right_around_other_characters(tmp_path: Path, tokenizer: Tokenizer) -> None:
-    engine = RuleEngine([pack_from(tmp_path, rule("t.kill", "      keywords: [弄死你]\n      pinyin: fuzzy\n"))])
-    (m,) = engine.match(normalise("ok😀我弄屎你", tokenizer), Speaker.AGENT)
-    assert m.matched_text == "弄屎你" and m.span == (4, 7)
 
 
 @pytest.mark.parametrize(

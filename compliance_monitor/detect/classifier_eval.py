@@ -26,7 +26,7 @@ from compliance_monitor.text.tokenise import Tokenizer
 
 SYSTEMS = ("classifier", "rules", "rules + classifier")
 Segmenting = Literal["whole", "split"]
-_CLAUSE_BREAK = re.compile(r"[，,。；;！!？?、…]+")
+CLAUSE_BREAK = re.compile(r"[，,。；;！!？?、…]+")
 _MIN_HALF = 3  # characters; shorter lines stay whole
 
 
@@ -52,7 +52,7 @@ def confusion(predicted: Sequence[frozenset[str]], data: Sequence[Utterance], la
 def split_in_two(text: str, tokenizer: Tokenizer) -> list[str]:
     """The line cut at the clause break nearest its middle, else at the word boundary nearest it."""
     middle = len(text) / 2
-    cuts = [(m.start(), m.end()) for m in _CLAUSE_BREAK.finditer(text)]
+    cuts = [(m.start(), m.end()) for m in CLAUSE_BREAK.finditer(text)]
     if not cuts:
         ends = [len(w) for w in tokenizer.cut(text)]
         bounds = [sum(ends[: i + 1]) for i in range(len(ends) - 1)]
