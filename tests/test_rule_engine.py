@@ -4,6 +4,7 @@ context, English word boundaries, and the call-level rules (omission, calling ho
 from __future__ import annotations
 
 import datetime as dt
+import random
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -12,7 +13,7 @@ import pytest
 from compliance_monitor.detect.calls import OmissionTracker, check_call_start, debtor_info, local_midnight
 from compliance_monitor.detect.pii import id_check_char, luhn_valid, valid_bank_card, valid_id_card, valid_mobile
 from compliance_monitor.detect.rulepack import RulePack, load_pack
-from compliance_monitor.detect.rules import RuleEngine, negated
+from compliance_monitor.detect.rules import RuleEngine, _any_of, _near, negated
 from compliance_monitor.messages import CallStarted, Speaker
 from compliance_monitor.text.normalise import normalise
 from compliance_monitor.text.tokenise import Tokenizer
@@ -103,6 +104,32 @@ def test_near_and_token_sequences(tmp_path: Path, tokenizer: Tokenizer) -> None:
     assert fired(engine, tokenizer, "找个时间跟你算账") == set()  # same words, not in sequence
 
 
+def _near_by_token(tokens: list[str], a: list[str], b: list[str], within: int) -> tuple[int, int] | None:
+    """The proximity check spelled out: token by token, each word looked for inside one token."""
+    a_at = [i for i, t in enumerate(tokens) if any(w.lower() in t.lower() for w in a)]
+    b_at = [j for j, t in enumerate(tokens) if any(w.lower() in t.lower() for w in b)]
+    pairs = [(i, j) for i in a_at for j in b_at if i != j and abs(i - j) <= within]
+    return (min(pairs[0]), max(pairs[0])) if pairs else None
+
+
+def test_near_finds_words_inside_single_tokens_only() -> None:
+    family, debt = _any_of(["家人", "同事"]), _any_of(["欠钱", "逾期"])
+    assert _near(("你", "家人", "知道", "你", "欠钱"), family, debt, 4) == (1, 4)
+    assert _near(("你", "家", "人说", "你", "欠钱"), family, debt, 4) is None  # 家人 split across tokens
+    assert _near(("家人", "欠钱"), family, debt, 0) is None
+    assert _near((), family, debt, 4) is None
+
+
+def test_near_agrees_with_the_token_by_token_check() -> None:
+    a, b = ["家人", "AB", "同事"], ["欠钱", "BC", "逾期", "b"]
+    vocabulary = ["家", "人", "家人", "同事们", "欠", "钱", "欠钱了", "逾期", "A", "B", "C", "ab", "x", "你", "的"]
+    rng = random.Random(5)
+    for _ in range(3000):
+        tokens = ["".join(rng.choices(vocabulary, k=rng.randint(1, 3))) for _ in range(rng.randint(0, 12))]
+        within = rng.randint(1, 6)
+        assert _near(tokens, _any_of(a), _any_of(b), within) == _near_by_token(tokens, a, b, within), tokens
+
+
 def test_context_matches_across_segments_of_the_same_speaker(tmp_path: Path, tokenizer: Tokenizer) -> None:
     near = "      near: {a: [家人], b: [欠款], within: 12}\n"
     one = RuleEngine([pack_from(tmp_path, rule("t.ctx", near))])
@@ -128,6 +155,23 @@ def test_pii_validators() -> None:
     assert luhn_valid("6222021234567894") and not luhn_valid("6222021234567890")
     assert valid_bank_card("6222021234567894") and not valid_bank_card(first17 + id_check_char(first17))
     assert valid_mobile("13912345678") and not valid_mobile("12912345678")
+
+
+def _luhn_by_the_book(number: str) -> bool:
+    digits = [int(d) for d in reversed(number)]
+    return sum(d if i % 2 == 0 else (d * 2 if d < 5 else d * 2 - 9) for i, d in enumerate(digits)) % 10 == 0
+
+
+def test_check_digits_agree_with_their_definitions() -> None:
+    rng = random.Random(11)
+    for _ in range(2000):
+        number = "".join(rng.choices("0123456789", k=rng.randint(12, 19)))
+        assert luhn_valid(number) == _luhn_by_the_book(number), number
+        first17 = number.ljust(17, "7")[:17]
+        weighted = sum(int(d) * (2 ** (17 - i) % 11) for i, d in enumerate(first17))  # GB 11643: W_i = 2^(i-1) mod 11
+        assert id_check_char(first17) == "10X98765432"[weighted % 11], first17
+    assert luhn_valid("٦٢٢٢٠٢١٢٣٤٥٦٧٨٩٤")  # Arabic-Indic digits: \d matches them, so they are read as digits
+    assert not luhn_valid("62220212345678x4") and not valid_id_card("11010519491231002")  # not digits; too short
 
 
 # ---------------------------------------------------------------- call-level rules

@@ -13,9 +13,11 @@ match (我们不会上门), or a check digit that fails (PII). A rule fires at m
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,6 +37,7 @@ _NEGATED = re.compile(f"(?:{'|'.join(NEGATORS)})[^{_CLAUSE_ENDS}]*\\Z|不\\Z")
 _ASCII_WORD = re.compile(r"[A-Za-z0-9]")
 _DIGIT = re.compile(r"\d")
 _NOT_ID_CHAR = re.compile(r"[^0-9Xx]")
+_TOKEN_BREAK = "\x00"  # joins a segment's tokens for the proximity check; no text holds it
 
 Span = tuple[int, int]
 Hit = tuple[str, Span]  # matched text, span
@@ -109,7 +112,8 @@ class _TokensCheck:
     digits = False
 
     def find(self, text: NormalisedText, haystack: str, only: re.Pattern[str] | None) -> Span | None:
-        return _sequence(text.tokens, token_spans(haystack, text.tokens), self.sequences)
+        found = _sequence(text.tokens, self.sequences)
+        return None if found is None else _tokens_span(haystack, text.tokens, *found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +125,8 @@ class _NearCheck:
     digits = False
 
     def find(self, text: NormalisedText, haystack: str, only: re.Pattern[str] | None) -> Span | None:
-        return _near(text.tokens, token_spans(haystack, text.tokens), self.a, self.b, self.within)
+        found = _near(text.tokens, self.a, self.b, self.within)
+        return None if found is None else _tokens_span(haystack, text.tokens, *found)
 
 
 _Check = _RegexCheck | _TokensCheck | _NearCheck
@@ -379,24 +384,33 @@ def _any_of(words: list[str]) -> re.Pattern[str]:
     return re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)), re.IGNORECASE)
 
 
-def _sequence(tokens: Sequence[str], spans: list[Span], sequences: list[list[str]]) -> Span | None:
+def _sequence(tokens: Sequence[str], sequences: list[list[str]]) -> tuple[int, int] | None:
+    """The first and last token of the first of ``sequences`` to occur in ``tokens``."""
     for seq in sequences:
         n = len(seq)
         for i in range(len(tokens) - n + 1):
             if tokens[i] == seq[0] and list(tokens[i : i + n]) == seq:
-                return spans[i][0], spans[i + n - 1][1]
+                return i, i + n - 1
     return None
 
 
-def _near(tokens: Sequence[str], spans: list[Span], a: re.Pattern[str], b: re.Pattern[str], within: int) -> Span | None:
-    a_at = [i for i, t in enumerate(tokens) if a.search(t)]
-    b_at = [i for i, t in enumerate(tokens) if b.search(t)]
+def _near(tokens: Sequence[str], a: re.Pattern[str], b: re.Pattern[str], within: int) -> tuple[int, int] | None:
+    """The first and last token of the first pair of tokens, one holding an ``a`` word and another a ``b``
+    word, at most ``within`` tokens apart (the first ``a`` token that has such a partner)."""
+    joined = _TOKEN_BREAK.join(tokens)  # a word never holds the break, so each match lies in one token
+    starts = list(accumulate((len(t) + 1 for t in tokens[:-1]), initial=0))
+    a_at = sorted({bisect_right(starts, m.start()) - 1 for m in a.finditer(joined)})
+    b_at = sorted({bisect_right(starts, m.start()) - 1 for m in b.finditer(joined)}) if a_at else []
     for i in a_at:
         for j in b_at:
             if i != j and abs(i - j) <= within:
-                lo, hi = min(i, j), max(i, j)
-                return spans[lo][0], spans[hi][1]
+                return min(i, j), max(i, j)
     return None
+
+
+def _tokens_span(haystack: str, tokens: Sequence[str], first: int, last: int) -> Span:
+    spans = token_spans(haystack, tokens[: last + 1])
+    return spans[first][0], spans[last][1]
 
 
 def _join(texts: Sequence[NormalisedText]) -> tuple[NormalisedText, int]:
