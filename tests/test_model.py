@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from compliance_monitor.detect.model import ModelDetector, hits_in_context, load_model_detector
+from compliance_monitor.detect.model import ModelDetector, RecentScores, hits_in_context, load_model_detector
 from compliance_monitor.messages import NormalisedText, Severity, Speaker, Transcript
 from compliance_monitor.pipeline import _Said, _same_breath
 
@@ -104,6 +104,28 @@ def test_joined_view_keeps_the_end_where_the_segment_is() -> None:
     hits_in_context(model, "家里人", "agent", [long_context], window=1)
     joined = model.calls[-1][0][1]
     assert len(joined) == 60 and joined.endswith("，家里人")
+
+
+def test_the_previous_final_alone_is_read_once() -> None:
+    model = SplitThreat()
+    scored = RecentScores(model, size=8)
+    finals = ["你要是今天还不还", "你家里人会怎么样", "我可不敢保证", "你自己想清楚"]
+    remembered = [hits_in_context(scored, text, "agent", finals[:i], window=1) for i, text in enumerate(finals)]
+    fresh = [hits_in_context(SplitThreat(), text, "agent", finals[:i], window=1) for i, text in enumerate(finals)]
+    assert remembered == fresh and remembered[1][0].context == 1
+    read = [texts for texts, _speakers in model.calls]
+    assert read[1] == ["你家里人会怎么样", "你要是今天还不还，你家里人会怎么样"]  # not the first final again
+    assert sum(map(len, read)) == 1 + 2 * 3
+    hits_in_context(scored, finals[1], "customer", finals[:1], window=1)  # same words, other speaker: read anew
+    assert len(model.calls[-1][0]) == 3
+
+
+def test_remembered_scores_are_bounded() -> None:
+    model = SplitThreat()
+    scored = RecentScores(model, size=2)
+    scored.predict(["a", "b", "c"], ["agent"] * 3)
+    scored.predict(["a"], ["agent"])  # forgotten: only b and c were kept
+    assert model.calls[-1][0] == ["a"]
 
 
 async def test_context_findings_say_they_read_the_previous_segment() -> None:

@@ -7,13 +7,16 @@ segment where a rule already raised the same category, the model adds nothing (o
 Sliding context: a pause can cut one sentence into two finals (你要是今天不还 | 你家里人会怎么样我可不敢保证), and
 neither half reads as a threat alone. Each final is also scored joined to the speaker's previous one or two
 finals; a label the joined text reaches counts for this segment only when those previous finals alone do not
-reach it, so a violation already raised is not raised again on the lines that follow it.
+reach it, so a violation already raised is not raised again on the lines that follow it. Those previous
+finals alone were read when they were said: ``RecentScores`` remembers them, so with context 1 a final
+costs two views, not three.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -85,11 +88,45 @@ def _joined(texts: Sequence[str]) -> str:
     return CONTEXT_SEPARATOR.join(texts)[-CONTEXT_CHARS:]
 
 
+class RecentScores:
+    """A classifier that remembers the scores of the last views it read, and reads only new ones.
+
+    A final's context views (the previous final alone; with context 2, the two before it joined) are the
+    views the previous final's batch held, so they need not be read again.
+    """
+
+    def __init__(self, classifier: Classifier, size: int = 256) -> None:
+        self.classifier = classifier
+        self._size = size
+        self._scores: OrderedDict[tuple[str, str], dict[str, float]] = OrderedDict()
+
+    def predict(self, texts: list[str], speakers: list[str]) -> list[dict[str, float]]:
+        views = list(zip(texts, speakers, strict=True))
+        known = {view: self._scores[view] for view in views if view in self._scores}
+        new = [view for view in dict.fromkeys(views) if view not in known]
+        if new:
+            read = self.classifier.predict([text for text, _ in new], [speaker for _, speaker in new])
+            known.update(zip(new, read, strict=True))
+        for view in views:
+            self._remember(view, known[view])
+        return [known[view] for view in views]
+
+    def above_threshold(self, scores: dict[str, float]) -> list[tuple[str, float]]:
+        return self.classifier.above_threshold(scores)
+
+    def _remember(self, view: tuple[str, str], scores: dict[str, float]) -> None:
+        self._scores[view] = scores
+        self._scores.move_to_end(view)
+        if len(self._scores) > self._size:
+            self._scores.popitem(last=False)
+
+
 class ModelDetector:
     def __init__(self, classifier: Classifier, labels: Sequence[str] | None = None, *, context: int = 0) -> None:
         self.classifier = classifier
         self.labels = frozenset(SEVERITY if labels is None else labels) & SEVERITY.keys()
         self.context = context  # previous finals of the same speaker to join (0: each segment alone)
+        self._scored = RecentScores(classifier)  # used by the one executor thread only
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classifier")
 
     async def detect(
@@ -98,7 +135,7 @@ class ModelDetector:
         loop = asyncio.get_running_loop()
         previous = [c.text for c in context]
         hits = await loop.run_in_executor(
-            self._executor, hits_in_context, self.classifier, text.text, tr.speaker.value, previous, self.context
+            self._executor, hits_in_context, self._scored, text.text, tr.speaker.value, previous, self.context
         )
         return [
             self._finding(tr, hit)
