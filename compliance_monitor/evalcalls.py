@@ -8,7 +8,9 @@ websocket is read like a browser would, and each finding is scored against the l
 - missed: no such finding;
 - false alarm: an agent finding of severity warn or above whose category is not expected on the turn it
   overlaps (or anywhere, for call-level findings);
-- time to alert: from the end of the offending turn (as streamed) to the finding's arrival on the console.
+- time to alert: from the end of the offending turn (as streamed) to the finding's arrival on the console;
+- withdrawn: a finding raised on a partial transcript that the final one did not bear out; the console
+  strikes it through, so it counts neither as a catch nor as a false alarm, only here.
 
 Categories outside the manifest's vocabulary (calling_hours, call_frequency depend on the clock) are
 counted apart, as ``other``. Manifest format: ``../shared/calls/dev/README.md``.
@@ -56,6 +58,7 @@ class CallResult:
     false_alarms: list[dict[str, Any]] = field(default_factory=list)
     other_findings: list[dict[str, Any]] = field(default_factory=list)
     customer_findings: int = 0
+    withdrawn: int = 0
     ended: bool = False
 
 
@@ -82,7 +85,11 @@ def score_call(
     result = CallResult(call["call_id"], bool(call.get("compliant")), expectations(call))
     result.ended = any(e["type"] == "call_ended" for _, e in events)
     pace = speed if speed > 0 else float("inf")
+    withdrawn = {e["finding_id"] for _, e in events if e["type"] == "finding_withdrawn"}
     for arrived, f in ((w, e) for w, e in events if e["type"] == "finding"):
+        if f.get("finding_id") in withdrawn:
+            result.withdrawn += 1
+            continue
         if f["speaker"] != "agent":
             result.customer_findings += 1
             continue
@@ -217,6 +224,7 @@ def summarise(results: list[CallResult]) -> dict[str, Any]:
                 ],
                 "other_findings": [{"category": f["category"], "rule_id": f["rule_id"]} for f in r.other_findings],
                 "customer_findings": r.customer_findings,
+                "withdrawn": r.withdrawn,
             }
             for r in results
         ],
@@ -227,6 +235,7 @@ def summarise(results: list[CallResult]) -> dict[str, Any]:
             "recall": round(caught / expected, 3) if expected else None,
             "false_alarms": sum(len(r.false_alarms) for r in results),
             "false_alarms_on_compliant_calls": sum(len(r.false_alarms) for r in results if r.compliant),
+            "withdrawn": sum(r.withdrawn for r in results),
             **_pcts(latencies),
         },
     }
@@ -271,6 +280,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{_f(t['latency_p50_s']):>6} {_f(t['latency_p95_s']):>6}"
     )
     lines.append(f"false alarms (warn or above) on compliant calls: {t['false_alarms_on_compliant_calls']}")
+    lines.append(f"withdrawn (raised on a partial, not in the final): {t['withdrawn']}")
     return "\n".join(lines)
 
 

@@ -190,6 +190,16 @@ class FindingEvent(_EventBase):
     score: float
 
 
+class FindingWithdrawnEvent(_EventBase):
+    """A finding raised on a partial transcript that the segment's final transcript does not bear out."""
+
+    type: Literal["finding_withdrawn"] = "finding_withdrawn"
+    finding_id: int
+    speaker: Speaker
+    segment_no: int
+    reason: str
+
+
 class ActionEvent(_EventBase):
     type: Literal["action"] = "action"
     action_id: int
@@ -212,6 +222,12 @@ class ErrorEvent(_EventBase):
 
 
 Event = Annotated[
-    CallStartedEvent | TranscriptEvent | FindingEvent | ActionEvent | CallEndedEvent | ErrorEvent,
+    CallStartedEvent
+    | TranscriptEvent
+    | FindingEvent
+    | FindingWithdrawnEvent
+    | ActionEvent
+    | CallEndedEvent
+    | ErrorEvent,
     Field(discriminator="type"),
 ]

@@ -40,6 +40,7 @@ from compliance_monitor.messages import (
     Event,
     Finding,
     FindingEvent,
+    FindingWithdrawnEvent,
     NormalisedText,
     Severity,
     Speaker,
@@ -51,6 +52,8 @@ from compliance_monitor.text.normalise import normalise
 from compliance_monitor.text.tokenise import Tokenizer
 
 log = logging.getLogger(__name__)
+
+WITHDRAWN = "最终转写未出现该内容（部分转写听错或已修正）"  # why a finding raised on a partial is withdrawn
 
 
 class CallControl(Protocol):
@@ -123,6 +126,7 @@ class CallSession:
         floor = s.policy.check_partials_from
         self._partial_floor = None if floor == "never" else Severity(floor).rank
         self._from_partials: dict[tuple[str, str, int], int] = {}  # findings raised on partials, by segment
+        self._partials_shown: set[tuple[Speaker, int]] = set()  # segments whose partials the feeds have seen
         self._ended = asyncio.Event()
         self.end_reason = "unknown"
         self.task: asyncio.Task[None] | None = None
@@ -204,6 +208,8 @@ class CallSession:
         svc = self.services
         text = normalise(tr.text, svc.tokenizer)
         if not text.text:
+            if tr.final:  # the final heard nothing after all
+                await self._end_unsaid(tr)
             return
         segment_id = await svc.archive.add_segment(tr, text) if tr.final else None
         await self._publish(
@@ -219,6 +225,10 @@ class CallSession:
                 segment_id=segment_id,
             )
         )
+        if tr.final:
+            self._partials_shown.discard((tr.speaker, tr.segment_no))
+        else:
+            self._partials_shown.add((tr.speaker, tr.segment_no))
         self._last_t = max(self._last_t, tr.t1)
         said = self._context[tr.speaker]
         context = tuple(earlier.text for earlier in said)
@@ -230,8 +240,9 @@ class CallSession:
                     await svc.archive.link_finding(partial_id, segment_id)  # the final confirms it
                 elif svc.policy.is_new(finding):
                     await self._raise(finding, segment_id)
+            await self._withdraw_unconfirmed(tr)
             if svc.model is not None:
-                named = {f.category for f in rule_findings} | self._partial_categories(tr)
+                named = {f.category for f in rule_findings}
                 recent = _same_breath(said, tr.t0, svc.settings.classifier.context_gap_s)
                 for finding in await svc.model.detect(tr, text, recent):
                     if finding.category not in named and svc.policy.is_new(finding):
@@ -247,14 +258,44 @@ class CallSession:
         for finding in self._omissions.due(self._last_t):
             await self._raise(finding, None)
 
-    def _partial_categories(self, tr: Transcript) -> set[str]:
-        return {
-            self.services.rules.engine.rules[rule_id].category
-            for rule_id, speaker, segment_no in self._from_partials
-            if speaker == tr.speaker.value
-            and segment_no == tr.segment_no
-            and rule_id in self.services.rules.engine.rules
-        }
+    async def _end_unsaid(self, final: Transcript) -> None:
+        """A segment whose final transcript is empty: its partials' findings are withdrawn, and feeds that
+        showed its partials are told it ended with nothing said."""
+        await self._withdraw_unconfirmed(final)
+        if (final.speaker, final.segment_no) in self._partials_shown:
+            self._partials_shown.discard((final.speaker, final.segment_no))
+            await self._publish(
+                TranscriptEvent(
+                    call_id=self.call_id,
+                    agent_id=self.agent_id,
+                    speaker=final.speaker,
+                    segment_no=final.segment_no,
+                    text="",
+                    t0=final.t0,
+                    t1=final.t1,
+                    final=True,
+                )
+            )
+
+    async def _withdraw_unconfirmed(self, final: Transcript) -> None:
+        """Findings this segment's partials raised that its final does not: the ASR revised what it heard.
+
+        They stay in the archive, marked withdrawn, and the console and the collector's screen are told.
+        """
+        said = (final.speaker.value, final.segment_no)
+        for key in [k for k in self._from_partials if k[1:] == said]:
+            finding_id = self._from_partials.pop(key)
+            await self.services.archive.withdraw_finding(self.call_id, finding_id, WITHDRAWN)
+            await self._publish(
+                FindingWithdrawnEvent(
+                    call_id=self.call_id,
+                    agent_id=self.agent_id,
+                    finding_id=finding_id,
+                    speaker=final.speaker,
+                    segment_no=final.segment_no,
+                    reason=WITHDRAWN,
+                )
+            )
 
     async def _raise(self, finding: Finding, segment_id: int | None) -> int:
         svc = self.services

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from compliance_monitor.archive.sqlite import Archive, highlight
+from compliance_monitor.archive.sqlite import SCHEMA, Archive, highlight
 from compliance_monitor.bus.memory import InMemoryBus
 from compliance_monitor.messages import (
     Action,
@@ -224,6 +224,46 @@ async def test_list_calls_by_status(archive: Archive) -> None:
     assert everything[0]["status"] == "live"
     assert everything[0]["max_severity"] is None
     assert len(await archive.list_calls(limit=1)) == 1
+
+
+async def test_withdrawn_finding_is_kept_but_no_longer_counts(archive: Archive) -> None:
+    await archive.start_call(call("c1"))
+    kept = await archive.add_finding(make_finding("c1", 0, "x", severity=Severity.WARN), None)
+    heard_wrong = await archive.add_finding(make_finding("c1", 1, "y", severity=Severity.CRITICAL), None)
+    await archive.withdraw_finding("c1", heard_wrong, "final transcript does not say it")
+
+    (listed,) = await archive.list_calls()
+    assert (listed["n_findings"], listed["max_severity"]) == (1, "warn")
+    got = await archive.get_call("c1")
+    assert got is not None
+    by_id = {f["finding_id"]: f for f in got["findings"]}
+    assert by_id[kept]["withdrawn_at"] is None
+    assert by_id[heard_wrong]["withdrawn_at"] is not None
+    assert by_id[heard_wrong]["withdrawn_reason"] == "final transcript does not say it"
+    assert [e["kind"] for e in await archive.audit_entries("c1")][-1] == "finding_withdrawn"
+    assert await archive.verify_chain() == (True, len(await archive.audit_entries("c1")))
+
+
+async def test_an_archive_from_before_withdrawal_gets_the_columns(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    path = tmp_path / "old.sqlite3"
+    old_schema = SCHEMA.replace(",\n    withdrawn_at REAL, withdrawn_reason TEXT", "")
+    assert "withdrawn_at" not in old_schema
+    with sqlite3.connect(path) as db:
+        db.executescript(old_schema)
+        db.execute("INSERT INTO calls VALUES ('c0', 'a1', 'pcm', '{}', 1.0, NULL, NULL)")
+        db.execute(
+            "INSERT INTO findings(call_id, speaker, segment_no, rule_id, category, severity, matched_text, "
+            "span_start, span_end, t0, t1, explanation, source, score, created_at) "
+            "VALUES ('c0', 'agent', 0, 'r', 'threat', 'high', 'x', 0, 1, 0, 1, 'e', 'rule', 1.0, 1.0)"
+        )
+    arc = Archive(path, tokenizer.cut_for_search)
+    await arc.open()
+    try:
+        got = await arc.get_call("c0")
+        assert got is not None and got["findings"][0]["withdrawn_at"] is None
+        assert (await arc.list_calls())[0]["n_findings"] == 1
+    finally:
+        await arc.aclose()
 
 
 async def test_search_by_jieba_word(archive: Archive, tokenizer: Tokenizer) -> None:

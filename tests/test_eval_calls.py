@@ -73,3 +73,9 @@ def test_scoring_rules() -> None:
     assert isinstance(expected, Expected) and expected.caught and expected.latency_s == pytest.approx(1.0)
     assert [f["category"] for f in result.false_alarms] == ["threat"]  # on the wrong (earlier) turn
     assert [f["category"] for f in result.other_findings] == ["calling_hours"]  # clock-dependent: apart
+
+    # raised on a partial and withdrawn by the final: neither a catch nor a false alarm
+    partial = finding("threat", 10.1, 13.9)[1] | {"finding_id": 7}
+    events = [(started + 12.0, partial), (started + 14.0, {"type": "finding_withdrawn", "finding_id": 7})]
+    result = score_call(call, events, started, speed=1.0)
+    assert (result.withdrawn, result.false_alarms, result.expected[0].caught) == (1, [], False)

@@ -313,6 +313,14 @@
         h("mark", { className: "sev-" + f.severity, text: f.matched_text }), "」") : null);
   }
 
+  /* A finding raised on a partial transcript that the final one did not bear out: struck through, with why. */
+  function markWithdrawn(li, reason) {
+    if (!li || li.classList.contains("withdrawn")) return;
+    li.classList.add("withdrawn");
+    li.appendChild(h("div", { className: "withdrawn-note" }, "已撤回 ", h("small", { text: "withdrawn" }),
+      reason ? "：" + reason : ""));
+  }
+
   // ------------------------------------------------------------------ time formatting
 
   /* Stream seconds -> mm:ss (h:mm:ss past an hour). */
@@ -343,7 +351,7 @@
     esc, h, renderMarked, isNearBottom,
     CATEGORY_LABELS, categoryLabel, categoryEl,
     SEVERITIES, SEVERITY_LABELS, SEVERITY_COLORS, severityRank, maxSeverity, severityBadge,
-    ACTION_LABELS, actionLabel, speakerLabel, findingItem,
+    ACTION_LABELS, actionLabel, speakerLabel, findingItem, markWithdrawn,
     fmtOffset, fmtClock, fmtDateTime,
   };
 })(window);

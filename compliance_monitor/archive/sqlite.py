@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS findings (
     segment_id INTEGER REFERENCES segments(segment_id), speaker TEXT NOT NULL, segment_no INTEGER NOT NULL,
     rule_id TEXT NOT NULL, category TEXT NOT NULL, severity TEXT NOT NULL, matched_text TEXT NOT NULL,
     span_start INTEGER NOT NULL, span_end INTEGER NOT NULL, t0 REAL NOT NULL, t1 REAL NOT NULL,
-    explanation TEXT NOT NULL, source TEXT NOT NULL, score REAL NOT NULL, created_at REAL NOT NULL
+    explanation TEXT NOT NULL, source TEXT NOT NULL, score REAL NOT NULL, created_at REAL NOT NULL,
+    withdrawn_at REAL, withdrawn_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS findings_call ON findings(call_id);
 CREATE TABLE IF NOT EXISTS actions (
@@ -55,8 +56,17 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 """
 
+_STANDING = "f.call_id = c.call_id AND f.withdrawn_at IS NULL"  # a call's findings, less the withdrawn
 _SEVERITY_ORDER = "CASE severity WHEN 'critical' THEN 3 WHEN 'high' THEN 2 WHEN 'warn' THEN 1 ELSE 0 END"
 GENESIS = "0" * 64
+
+
+def _add_missing_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Columns added after an archive was created: an older file gets them, its rows keep their values."""
+    present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 class Archive:
@@ -83,6 +93,7 @@ class Archive:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(SCHEMA)
+        _add_missing_columns(db, "findings", {"withdrawn_at": "REAL", "withdrawn_reason": "TEXT"})
         row = db.execute("SELECT hash FROM audit ORDER BY audit_id DESC LIMIT 1").fetchone()
         self._last_hash = row["hash"] if row else GENESIS
         self._db = db
@@ -215,6 +226,18 @@ class Archive:
 
         await self._run(self._write, write)
 
+    async def withdraw_finding(self, call_id: str, finding_id: int, reason: str) -> None:
+        """A finding raised on a partial transcript that the final one does not bear out: kept, marked withdrawn."""
+
+        def write() -> None:
+            self.db.execute(
+                "UPDATE findings SET withdrawn_at = ?, withdrawn_reason = ? WHERE finding_id = ?",
+                (time.time(), reason, finding_id),
+            )
+            self._audit("finding_withdrawn", finding_id, {"call_id": call_id, "reason": reason})
+
+        await self._run(self._write, write)
+
     async def add_action(self, action: Action, finding_id: int | None, actor: str = "policy") -> int:
         return await self.add_manual_action(action.call_id, action.kind.value, action.reason, finding_id, actor)
 
@@ -237,8 +260,8 @@ class Archive:
 
         def read() -> list[dict[str, Any]]:
             rows = self.db.execute(
-                f"SELECT c.*, (SELECT COUNT(*) FROM findings f WHERE f.call_id=c.call_id) AS n_findings, "
-                f"(SELECT severity FROM findings f WHERE f.call_id=c.call_id ORDER BY {_SEVERITY_ORDER} DESC "
+                f"SELECT c.*, (SELECT COUNT(*) FROM findings f WHERE {_STANDING}) AS n_findings, "
+                f"(SELECT severity FROM findings f WHERE {_STANDING} ORDER BY {_SEVERITY_ORDER} DESC "
                 f"LIMIT 1) AS max_severity FROM calls c {where} ORDER BY started_at DESC LIMIT ?",
                 (limit,),
             ).fetchall()
@@ -271,7 +294,8 @@ class Archive:
             ).fetchall()
             finds = self.db.execute(
                 "SELECT finding_id, segment_id, segment_no, speaker, rule_id, category, severity, matched_text, "
-                "span_start, span_end, t0, t1, explanation, source, score FROM findings WHERE call_id=? "
+                "span_start, span_end, t0, t1, explanation, source, score, withdrawn_at, withdrawn_reason "
+                "FROM findings WHERE call_id=? "
                 "ORDER BY t1",
                 (call_id,),
             ).fetchall()

@@ -167,6 +167,8 @@ class SpeakerTranscriber:
                 log.exception("ASR failed for %s/%s segment %d", self.call_id, self.speaker, segment_no)
                 continue
             if result is None or not result.text:  # superseded, or silence/noise rejected by the guards
+                if final:  # the segment ended with nothing said: what its partials showed was not speech
+                    await self.out.put(Transcript(self.call_id, self.speaker, segment_no, "", t0, t1, True))
                 continue
             if final and result.text:
                 self._last_final_text = result.text
