@@ -125,7 +125,8 @@ class CallSession:
         self._last_t = 0.0
         floor = s.policy.check_partials_from
         self._partial_floor = None if floor == "never" else Severity(floor).rank
-        self._from_partials: dict[tuple[str, str, int], int] = {}  # findings raised on partials, by segment
+        # Findings raised on partials, by (rule, speaker, segment): their archive ids, until the final says.
+        self._from_partials: dict[tuple[str, str, int], tuple[int, Finding]] = {}
         self._partials_shown: set[tuple[Speaker, int]] = set()  # segments whose partials the feeds have seen
         self._ended = asyncio.Event()
         self.end_reason = "unknown"
@@ -236,8 +237,8 @@ class CallSession:
             rule_findings = svc.rules.detect(tr, text, context)
             for finding in rule_findings:
                 key = (finding.rule_id, finding.speaker.value, finding.segment_no)
-                if (partial_id := self._from_partials.pop(key, None)) is not None:
-                    await svc.archive.link_finding(partial_id, segment_id)  # the final confirms it
+                if (partial := self._from_partials.pop(key, None)) is not None:
+                    await svc.archive.link_finding(partial[0], segment_id)  # the final confirms it
                 elif svc.policy.is_new(finding):
                     await self._raise(finding, segment_id)
             await self._withdraw_unconfirmed(tr)
@@ -254,7 +255,7 @@ class CallSession:
             for finding in svc.rules.detect(tr, text, context):
                 if finding.severity.rank >= self._partial_floor and svc.policy.is_new(finding):
                     key = (finding.rule_id, finding.speaker.value, finding.segment_no)
-                    self._from_partials[key] = await self._raise(finding, None)
+                    self._from_partials[key] = (await self._raise(finding, None), finding)
         for finding in self._omissions.due(self._last_t):
             await self._raise(finding, None)
 
@@ -284,7 +285,8 @@ class CallSession:
         """
         said = (final.speaker.value, final.segment_no)
         for key in [k for k in self._from_partials if k[1:] == said]:
-            finding_id = self._from_partials.pop(key)
+            finding_id, finding = self._from_partials.pop(key)
+            self.services.policy.withdraw(finding)
             await self.services.archive.withdraw_finding(self.call_id, finding_id, WITHDRAWN)
             await self._publish(
                 FindingWithdrawnEvent(

@@ -14,6 +14,7 @@ from compliance_monitor.asr.scheduler import AsrScheduler
 from compliance_monitor.bus.memory import InMemoryBus, Subscription
 from compliance_monitor.detect.engine import RuleSet
 from compliance_monitor.messages import (
+    ActionEvent,
     CallStarted,
     Event,
     FindingEvent,
@@ -83,6 +84,9 @@ async def test_a_partial_finding_the_final_does_not_bear_out_is_withdrawn(sessio
     assert sorted(raised) == [3, 4, 5]  # each raised once, on its partial
     assert [(e.segment_no, e.finding_id) for e in withdrawn] == [(3, raised[3]), (5, raised[5])]
     assert all(e.reason and e.agent_id == "a7" for e in withdrawn)
+    # segment 3's withdrawal ended the cool-down it started: segment 4, said 2 s later, warns again
+    acted_on = {e.finding_id for e in events if isinstance(e, ActionEvent)}
+    assert {raised[3], raised[4]} <= acted_on
 
     call = await session.services.archive.get_call("c1")
     assert call is not None

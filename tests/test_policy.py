@@ -134,6 +134,16 @@ def test_is_new_dedups_rule_on_same_segment(policy: PolicyEngine) -> None:
     assert policy.is_new(finding(segment_no=7, call_id="call-2"))  # another call
 
 
+def test_a_withdrawn_finding_ends_the_cooldown_it_started(policy: PolicyEngine) -> None:
+    misheard = finding(segment_no=1, t1=10.0)
+    assert kinds(policy.decide(misheard)) == [WARN, ALERT]
+    policy.withdraw(misheard)  # the final did not say it
+    assert kinds(policy.decide(finding(segment_no=2, t1=20.0))) == [WARN, ALERT]  # said for real: acts
+    policy.withdraw(finding(segment_no=1, t1=10.0))  # a stale withdrawal leaves the newer cool-down alone
+    assert policy.decide(finding(segment_no=3, t1=25.0)) == []
+    policy.withdraw(finding(call_id="never-seen"))  # unknown call: nothing to do
+
+
 def test_cooldown_suppresses_repeats_within_window(policy: PolicyEngine) -> None:
     assert kinds(policy.decide(finding(segment_no=1, t1=10.0))) == [WARN, ALERT]
     assert policy.decide(finding(segment_no=2, t1=20.0)) == []  # 10 s later: same rule, cooling down

@@ -38,6 +38,16 @@ class PolicyEngine:
         state.seen_segments.add(key)
         return True
 
+    def withdraw(self, finding: Finding) -> None:
+        """A finding taken back (raised on a partial, not in the final): the cool-downs it started end, so
+        the rule acts again when it is really said. A halt it requested cannot be taken back."""
+        state = self._calls.get(finding.call_id)
+        if state is None:
+            return
+        for kind in ActionKind:
+            if state.last_action.get((finding.rule_id, kind)) == finding.t1:
+                del state.last_action[(finding.rule_id, kind)]
+
     def decide(self, finding: Finding) -> list[Action]:
         state = self._calls.setdefault(finding.call_id, _CallState())
         actions = [
