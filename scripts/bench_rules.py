@@ -1,7 +1,7 @@
 """Rule engine throughput: short segments per second for a pack on one core.
 
     python scripts/bench_rules.py                       # rules/cn_collection.yaml: labelled utterances, dev calls
-    python scripts/bench_rules.py --pack rules/us_fdcpa.yaml --data tests/data/fdcpa_utterances.jsonl
+    python scripts/bench_rules.py --pack rules/us_fdcpa.yaml --data tests/data/fdcpa_utterances.jsonl --calls
 
 Prints segments/s for matching alone (text already normalised, as in the live path where normalisation
 is shared by rules, archive and classifier) and for normalise + match, and the ratio to the 100,000/s goal.
