@@ -213,23 +213,7 @@ class CallSession:
                 await self._end_unsaid(tr)
             return
         segment_id = await svc.archive.add_segment(tr, text) if tr.final else None
-        await self._publish(
-            TranscriptEvent(
-                call_id=self.call_id,
-                agent_id=self.agent_id,
-                speaker=tr.speaker,
-                segment_no=tr.segment_no,
-                text=text.text,
-                t0=tr.t0,
-                t1=tr.t1,
-                final=tr.final,
-                segment_id=segment_id,
-            )
-        )
-        if tr.final:
-            self._partials_shown.discard((tr.speaker, tr.segment_no))
-        else:
-            self._partials_shown.add((tr.speaker, tr.segment_no))
+        await self._publish_transcript(tr, text.text, segment_id)
         self._last_t = max(self._last_t, tr.t1)
         said = self._context[tr.speaker]
         context = tuple(earlier.text for earlier in said)
@@ -264,19 +248,26 @@ class CallSession:
         showed its partials are told it ended with nothing said."""
         await self._withdraw_unconfirmed(final)
         if (final.speaker, final.segment_no) in self._partials_shown:
-            self._partials_shown.discard((final.speaker, final.segment_no))
-            await self._publish(
-                TranscriptEvent(
-                    call_id=self.call_id,
-                    agent_id=self.agent_id,
-                    speaker=final.speaker,
-                    segment_no=final.segment_no,
-                    text="",
-                    t0=final.t0,
-                    t1=final.t1,
-                    final=True,
-                )
+            await self._publish_transcript(final, "", None)
+
+    async def _publish_transcript(self, tr: Transcript, text: str, segment_id: int | None) -> None:
+        await self._publish(
+            TranscriptEvent(
+                call_id=self.call_id,
+                agent_id=self.agent_id,
+                speaker=tr.speaker,
+                segment_no=tr.segment_no,
+                text=text,
+                t0=tr.t0,
+                t1=tr.t1,
+                final=tr.final,
+                segment_id=segment_id,
             )
+        )
+        if tr.final:
+            self._partials_shown.discard((tr.speaker, tr.segment_no))
+        else:
+            self._partials_shown.add((tr.speaker, tr.segment_no))
 
     async def _withdraw_unconfirmed(self, final: Transcript) -> None:
         """Findings this segment's partials raised that its final does not: the ASR revised what it heard.
