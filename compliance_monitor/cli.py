@@ -288,27 +288,68 @@ def _free_port() -> int:
 
 
 def cmd_asr_eval(args: argparse.Namespace) -> int:
-    from compliance_monitor.asr.decoder import WhisperDecoder
-    from compliance_monitor.asr.evaluate import evaluate, format_rows, load_manifest, make_variants, summarise
-    from compliance_monitor.asr.weights import resolve_model
+    from compliance_monitor.asr.evaluate import load_manifest
+    from compliance_monitor.asr.scoring import format_report, pooled
 
     settings = _settings(args)
+    clips = load_manifest(Path(args.manifest), args.split, args.ci)
+    if not clips:
+        print(f"no clips in {args.manifest} (split={args.split}, ci={args.ci})", file=sys.stderr)
+        return 2
+    rows = _asr_in_process(args, settings, clips)
+    if "live" in args.mode:
+        rows += asyncio.run(_asr_live(args, settings, clips))
+    if args.json:
+        report = {"rows": [r.__dict__ | {"cer": r.cer, "lost": r.lost} for r in rows], "summary": pooled(rows)}
+        print(json.dumps(report, ensure_ascii=False, indent=1))
+    else:
+        print(format_report(rows))
+    return 0
+
+
+def _asr_in_process(args: argparse.Namespace, settings: Settings, clips: list) -> list:  # type: ignore[type-arg]
+    """offline (stock transcribe), whole and streaming: decoders of our own, no server."""
+    from compliance_monitor.asr.decoder import WhisperDecoder
+    from compliance_monitor.asr.evaluate import condition_audio, evaluate, make_variants
+    from compliance_monitor.asr.live_eval import offline_decode
+    from compliance_monitor.asr.weights import resolve_model
+
+    if not {"offline", "whole", "streaming"} & set(args.mode):
+        return []
     model_dir = str(resolve_model(settings.asr.model, settings.asr.cache_dir))
     setups = [(v, WhisperDecoder(model_dir, v.settings)) for v in make_variants(settings.asr, args.window, args.prompt)]
     for _, decoder in setups:
         decoder.warm_up()
-    rows = evaluate(load_manifest(Path(args.manifest)), setups, args.beam, args.mode, args.condition)
-    if args.json:
-        print(
-            json.dumps(
-                {"rows": [r.__dict__ | {"rtf": r.rtf} for r in rows], "summary": summarise(rows)},
-                ensure_ascii=False,
-                indent=1,
-            )
-        )
-    else:
-        print(format_rows(rows))
-    return 0
+    rows = evaluate(clips, setups, args.beam, args.mode, args.condition, settings.vad)
+    if "offline" in args.mode:
+        model = setups[0][1].model
+        rows += [
+            offline_decode(model, clip, condition_audio(clip, cond), cond, beam)
+            for clip in clips
+            for cond in args.condition
+            for beam in args.beam
+        ]
+    return rows
+
+
+async def _asr_live(args: argparse.Namespace, settings: Settings, clips: list) -> list:  # type: ignore[type-arg]
+    """Each clip as a call over a real bridge into a monitor: the one at --url, or one started here."""
+    from compliance_monitor.asr.live_eval import stream_clips
+
+    async def run(base: str) -> list:  # type: ignore[type-arg]
+        return await stream_clips(clips, base, args.condition, speed=args.speed, concurrency=args.concurrency)
+
+    if args.url:
+        return await run(args.url.rstrip("/"))
+    settings = settings.model_copy(update={"server": ServerSettings(port=_free_port())})
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(_serve(settings, stop, quiet=True))  # stdout is the report
+    try:
+        await _wait_until_up(settings)
+        return await run(f"ws://127.0.0.1:{settings.server.port}")
+    finally:
+        stop.set_result(None)
+        await server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -386,16 +427,29 @@ def build_parser() -> argparse.ArgumentParser:
     asr_eval = asr.add_parser("eval", help="CER and RTF over a manifest of real recordings")
     asr_eval.add_argument("manifest", help="JSONL: audio, reference, kind, source, licence")
     asr_eval.add_argument("--condition", nargs="+", choices=["clean", "telephone"], default=["clean", "telephone"])
-    asr_eval.add_argument("--mode", nargs="+", choices=["whole", "streaming"], default=["whole", "streaming"])
-    asr_eval.add_argument("--beam", nargs="+", type=int, default=[5])
+    asr_eval.add_argument(
+        "--mode",
+        nargs="+",
+        choices=["offline", "whole", "streaming", "live"],
+        default=["offline", "live"],
+        help="offline: stock faster-whisper transcribe of the whole clip (baseline); whole: one decode with our "
+        "decoder; streaming: the live stages in-process, unpaced; live: a real server over a real bridge, paced "
+        "(telephone = Twilio μ-law, clean = PCM 16 kHz)",
+    )
+    asr_eval.add_argument("--beam", nargs="+", type=int, default=[5], help="beam sizes (in-process modes)")
     asr_eval.add_argument("--window", nargs="+", type=int, default=[500], help="encoder window(s), 0 = 30 s")
     asr_eval.add_argument(
         "--prompt",
         nargs="+",
         choices=["served", *PROMPTS],
         default=["served"],
-        help="initial prompt(s): served (asr.initial_prompt), none, or domain (asr/prompt.py DOMAIN_PROMPT)",
+        help="initial prompt(s) for whole/streaming: served (asr.initial_prompt), none, or domain",
     )
+    asr_eval.add_argument("--split", choices=["dev", "test"], help="only the manifest rows of this split")
+    asr_eval.add_argument("--ci", action="store_true", help="only the rows marked for CI")
+    asr_eval.add_argument("--url", help="live mode: a running monitor (ws://host:port); default: start one here")
+    asr_eval.add_argument("--speed", type=float, default=1.0, help="live mode: 1 = real time")
+    asr_eval.add_argument("--concurrency", type=int, default=2, help="live mode: clips streamed at once")
     asr_eval.add_argument("--json", action="store_true")
     asr_eval.set_defaults(func=cmd_asr_eval)
 

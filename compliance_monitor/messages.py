@@ -170,6 +170,7 @@ class TranscriptEvent(_EventBase):
     t1: float
     final: bool
     segment_id: int | None = Field(None, description="archive row id (finals only)")
+    asr_s: float | None = Field(None, description="finals: seconds from the segment's end to its transcript")
 
 
 class FindingEvent(_EventBase):

@@ -262,6 +262,7 @@ class CallSession:
                 t1=tr.t1,
                 final=tr.final,
                 segment_id=segment_id,
+                asr_s=round(tr.asr_latency_s, 3) if tr.final else None,
             )
         )
         if tr.final:

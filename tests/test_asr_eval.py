@@ -13,17 +13,9 @@ import numpy as np
 import pytest
 
 from compliance_monitor.asr.decoder import DecodeRequest
-from compliance_monitor.asr.evaluate import (
-    Clip,
-    cer,
-    evaluate,
-    format_rows,
-    load_manifest,
-    make_variants,
-    normalise_for_cer,
-    summarise,
-)
+from compliance_monitor.asr.evaluate import evaluate, load_manifest, make_variants
 from compliance_monitor.asr.prompt import DOMAIN_PROMPT
+from compliance_monitor.asr.scoring import Clip, cer, format_report, normalise_for_cer, pooled, score
 from compliance_monitor.audio.wavfile import write_wav
 from compliance_monitor.cli import build_parser
 from compliance_monitor.config import AsrSettings
@@ -91,7 +83,7 @@ def test_manifest_turns_take_one_channel_and_span(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("row", "error"),
     [
-        ({"kind": "spontaneous"}, "kind 'spontaneous'"),
+        ({"kind": "podcast"}, "kind 'podcast'"),
         ({"channel": 2}, "no channel 2"),
         ({"t0": 2.0, "t1": 4.0}, "outside the file"),
         ({"t0": 2.0, "t1": 1.0}, "outside the file"),
@@ -123,10 +115,31 @@ def test_prompt_axis_sets_the_initial_prompt_and_splits_the_report() -> None:
     clip = Clip("c", np.zeros(16_000, np.float32), "对", "synthetic", "")
     setups = [(v, _EchoPromptDecoder(v.settings)) for v in variants]
     rows = evaluate([clip], setups, [5], ["whole"], ["clean"])  # type: ignore[arg-type]
-    assert [(r.prompt, r.cer) for r in rows] == [("none", 0.0), ("domain", cer(DOMAIN_PROMPT, "对"))]
-    assert [(s["prompt"], s["clips"]) for s in summarise(rows)] == [("domain", 1), ("none", 1)]
-    header, *_ = format_rows(rows).splitlines()
-    assert header.split()[:6] == ["clip", "cond", "mode", "setting", "prompt", "CER"]
+    assert [(r.setting, r.cer) for r in rows] == [
+        ("window=500 beam=5 prompt=none", 0.0),
+        ("window=500 beam=5 prompt=domain", cer(DOMAIN_PROMPT, "对")),
+    ]
+    assert [(s["setting"], s["clips"]) for s in pooled(rows)] == [
+        ("window=500 beam=5 prompt=domain", 1),
+        ("window=500 beam=5 prompt=none", 1),
+    ]
+    header, *_ = format_report(rows).splitlines()
+    assert header.split()[:6] == ["clip", "cond", "mode", "setting", "CER", "lost"]
+
+
+@pytest.mark.unit
+def test_pooled_cer_weighs_by_reference_length_and_counts_lost_clips() -> None:
+    long = Clip("long", np.zeros(16_000, np.float32), "一二三四五六七八九十", "conversational", "")
+    short = Clip("short", np.zeros(16_000, np.float32), "对的", "conversational", "")
+    rows = [
+        score(long, "telephone", "live", "一二三四五六七八九十"),  # 0 edits of 10
+        score(short, "telephone", "live", ""),  # 2 edits of 2: nothing heard
+        score(long, "telephone", "offline", "一二三四"),  # 6 deletions: under half heard
+    ]
+    live, offline = pooled(rows)
+    assert (live["mode"], live["cer_pooled"], live["cer_mean"], live["lost"]) == ("live", round(2 / 12, 3), 0.5, 1)
+    assert (offline["mode"], offline["cer_pooled"], offline["lost"]) == ("offline", 0.6, 1)
+    assert [r.lost for r in rows] == [False, True, True]
 
 
 @pytest.mark.unit
@@ -142,8 +155,9 @@ def test_prompt_flag_defaults_to_the_served_prompt() -> None:
 
 @pytest.mark.slow
 def test_asr_eval_runs_on_the_manifest_and_reports() -> None:
+    modes = ("offline", "whole", "streaming")
     done = subprocess.run(
-        [EXE, "asr", "eval", str(MANIFEST), "--mode", "whole", "streaming", "--condition", "telephone", "--json"],
+        [EXE, "asr", "eval", str(MANIFEST), "--mode", *modes, "--condition", "telephone", "--json"],
         env=os.environ,
         capture_output=True,
         text=True,
@@ -152,11 +166,11 @@ def test_asr_eval_runs_on_the_manifest_and_reports() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     assert {(r["clip"], r["mode"]) for r in report["rows"]} == {
-        (c, m) for c in ("BAC009S0764W0121", "BAC009S0764W0122") for m in ("whole", "streaming")
+        (c, m) for c in ("BAC009S0764W0121", "BAC009S0764W0122") for m in modes
     }
-    assert all(0.0 <= r["cer"] <= 1.0 and r["rtf"] > 0 for r in report["rows"])
-    assert {s["mode"] for s in report["summary"]} == {"whole", "streaming"}
-    assert {r["prompt"] for r in report["rows"]} == {"served"}
+    assert all(0.0 <= r["cer"] <= 1.0 and r["decode_s"] for r in report["rows"])
+    assert {s["mode"] for s in report["summary"]} == set(modes)
+    assert not any(r["lost"] for r in report["rows"])
 
 
 @pytest.mark.unit

@@ -31,7 +31,7 @@ MIN_PARTIAL_S = 0.6
 # VAD is a small ONNX model: cheap, but still inference; keep it off the loop on a shared thread.
 _VAD_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
 
-_Pending = tuple[int, float, float, bool, "asyncio.Future[DecodeResult | None]"]
+_Pending = tuple[int, float, float, bool, float, "asyncio.Future[DecodeResult | None]"]
 
 
 class SpeakerTranscriber:
@@ -153,12 +153,11 @@ class SpeakerTranscriber:
             fallback=final,  # a bad partial is simply skipped; the final will cover it
         )
         future = self.scheduler.submit(self.stream_key, request, final=final)
-        self._pending.put_nowait((self._segment_no, t0, t1, final, future))
+        self._pending.put_nowait((self._segment_no, t0, t1, final, time.monotonic(), future))
 
     async def _emit(self) -> None:
         while (item := await self._pending.get()) is not None:
-            segment_no, t0, t1, final, future = item
-            submitted = time.monotonic()
+            segment_no, t0, t1, final, submitted, future = item
             try:
                 result = await future
             except asyncio.CancelledError:

@@ -59,6 +59,32 @@ async def replay(
     tail_silence_s: float = 0.0,
 ) -> ReplayResult:
     audio, rate = read_wav(path)
+    return await replay_audio(
+        audio,
+        rate,
+        url,
+        bridge=bridge,
+        speed=speed,
+        call_id=call_id,
+        agent_id=agent_id,
+        token=token,
+        tail_silence_s=tail_silence_s,
+    )
+
+
+async def replay_audio(
+    audio: np.ndarray,
+    rate: int,
+    url: str,
+    *,
+    bridge: str = "twilio",
+    speed: float = 1.0,
+    call_id: str | None = None,
+    agent_id: str = "A1001",
+    token: str | None = None,
+    tail_silence_s: float = 0.0,
+) -> ReplayResult:
+    """As ``replay``, for audio already in memory: float32 (frames, channels) at ``rate``."""
     if tail_silence_s > 0:
         audio = np.concatenate([audio, np.zeros((int(tail_silence_s * rate), audio.shape[1]), np.float32)])
     call_id = call_id or f"CA{uuid.uuid4().hex}"
