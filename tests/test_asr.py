@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from compliance_monitor.asr.decoder import DecodeRequest, WhisperDecoder
-from compliance_monitor.asr.evaluate import cer
+from compliance_monitor.asr.scoring import cer
 from compliance_monitor.asr.weights import BASE_MODEL_BYTES, ModelUnavailableError, resolve_model
 from compliance_monitor.audio.g711 import ulaw_decode, ulaw_encode
 from compliance_monitor.audio.resample import float_to_pcm16, pcm16_to_float, resample

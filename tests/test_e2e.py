@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import websockets
 
-from compliance_monitor.asr.evaluate import cer
+from compliance_monitor.asr.scoring import cer
 from compliance_monitor.audio.resample import float_to_pcm16
 from compliance_monitor.audio.wavfile import write_wav
 from compliance_monitor.ingest.replay import replay
