@@ -40,12 +40,18 @@ class IngestSettings(BaseModel):
 
 
 class VadSettings(BaseModel):
+    """Silero VAD segmentation for phone speech (``audio/vad.py`` explains each knob)."""
+
     threshold: float = 0.5
     neg_threshold: float = 0.35
     min_speech_ms: int = 250
     min_silence_ms: int = 500
     speech_pad_ms: int = 200
-    max_segment_s: float = 15.0
+    onset_lookback_ms: int = Field(1000, ge=0, description="how far back a segment's start may reach")
+    split_after_s: float = Field(8.0, gt=0, description="a turn this long ends at a short pause")
+    split_pause_ms: int = Field(200, ge=32, description="the short pause that ends a long turn")
+    max_segment_s: float = Field(15.0, gt=1, description="hard cap: cut at the quietest moment")
+    cut_search_ms: int = Field(1500, ge=32, description="where the hard cap looks for that moment")
 
 
 class AsrSettings(BaseModel):

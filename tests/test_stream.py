@@ -66,3 +66,36 @@ async def test_a_hole_in_the_stream_keeps_timestamps_in_stream_time() -> None:
     finals = [t for t in await transcribe(audio, 0.02, gap_at=0.5) if t.final]
     # speech starts ~3.55 s, minus the 0.2 s pad; without the silence fill it would be 1 s earlier
     assert len(finals) == 1 and 3.2 <= finals[0].t0 <= 3.5
+
+
+class RejectsFinals(FakeDecoder):
+    """Partials read fine; every final is rejected by the guards (as a prompt echo was on a real recording)."""
+
+    def decode(self, requests):  # type: ignore[no-untyped-def]
+        from compliance_monitor.asr.decoder import DecodeResult
+
+        read = super().decode(requests)
+        return [
+            DecodeResult("", -0.4, 0.1, 1.0, "prompt_echo", "电:贷款逾期、欠款、") if r.fallback else res
+            for r, res in zip(requests, read, strict=True)
+        ]
+
+
+async def test_a_rejected_final_keeps_its_last_partial_and_says_so() -> None:
+    decoder = RejectsFinals()
+    scheduler = AsrScheduler(AsrSettings(), lambda: decoder)  # type: ignore[arg-type, return-value]
+    await scheduler.start()
+    out: asyncio.Queue[Transcript | None] = asyncio.Queue()
+    tr = SpeakerTranscriber("c", Speaker.AGENT, scheduler, VadSettings(), AsrSettings(), out)
+    audio = np.concatenate([load_audio("BAC009S0764W0121.wav"), np.zeros(16_000, np.float32)])
+    for i in range(0, len(audio), 320):
+        await tr.push([AudioChunk("c", Speaker.AGENT, audio[i : i + 320], i / 16_000)])
+    await tr.finish()
+    await scheduler.aclose()
+    results = [out.get_nowait() for _ in range(out.qsize())]
+    partials = [t for t in results if t is not None and not t.final]
+    (final,) = [t for t in results if t is not None and t.final]
+    assert partials and final.text == partials[-1].text.strip()  # not nothing
+    assert scheduler.stats.finals_rejected == {"prompt_echo": 1}
+    assert scheduler.stats.finals_rescued == {"partial": 1}
+    assert scheduler.stats.as_dict()["final_decode_s"]["max"] is not None

@@ -228,3 +228,46 @@ def test_scripted_cut_during_a_pause_opens_no_silent_segment() -> None:
     probs = [0.9] * 100 + [0.0] * 60
     events = scripted(probs, max_segment_s=105 * WINDOW_S, speech_pad_ms=0)
     assert [e.kind for e in events] == ["start", "end"], events
+
+
+def test_scripted_onset_reaches_back_over_the_soft_first_syllable() -> None:
+    # VAD is unsure (0.4) for 5 windows before it is sure: the segment starts where the speech began.
+    probs = [0.0] * 20 + [0.4] * 5 + [0.9] * 30 + [0.0] * 30
+    ((t0, _),) = segments(scripted(probs, speech_pad_ms=0))
+    assert t0 == pytest.approx(20 * WINDOW_S)
+
+
+def test_scripted_short_word_before_a_pause_opens_the_segment() -> None:
+    # 喂 (4 windows: too short to start a segment alone), a 0.3 s pause, then the sentence.
+    probs = [0.0] * 20 + [0.9] * 4 + [0.0] * 9 + [0.9] * 30 + [0.0] * 30
+    ((t0, _),) = segments(scripted(probs, speech_pad_ms=0))
+    assert t0 == pytest.approx(20 * WINDOW_S)
+    # ... but not across a pause long enough to end a segment, nor beyond the look-back
+    probs = [0.0] * 20 + [0.9] * 4 + [0.0] * 20 + [0.9] * 30 + [0.0] * 30
+    ((t0, _),) = segments(scripted(probs, speech_pad_ms=0))
+    assert t0 == pytest.approx(44 * WINDOW_S)
+    probs = [0.0] * 20 + [0.4] * 60 + [0.9] * 30 + [0.0] * 30
+    ((t0, _),) = segments(scripted(probs, speech_pad_ms=0, onset_lookback_ms=320))
+    assert t0 == pytest.approx(70 * WINDOW_S)
+
+
+def test_scripted_long_turn_ends_at_a_short_pause() -> None:
+    # 10 s of speech with a 0.26 s breath at 9 s: one segment ending at the breath, then the rest.
+    probs = [0.9] * 281 + [0.0] * 8 + [0.9] * 30 + [0.0] * 30
+    segs = segments(scripted(probs, speech_pad_ms=0, split_after_s=8.0, split_pause_ms=200))
+    assert [round(t / WINDOW_S) for seg in segs for t in seg] == [0, 281, 289, 319]
+    # before split_after_s the same breath does not split the turn
+    probs = [0.9] * 100 + [0.0] * 8 + [0.9] * 30 + [0.0] * 30
+    assert len(segments(scripted(probs, speech_pad_ms=0, split_after_s=8.0))) == 1
+
+
+def test_scripted_hard_cap_cuts_at_the_quietest_moment() -> None:
+    # 7 s of unbroken speech with one dip (0.55) at window 190; cap 6 s (188 windows): the cut lands on the dip.
+    probs = [0.9] * 219
+    probs[185] = 0.55
+    probs += [0.0] * 30
+    segs = segments(scripted(probs, speech_pad_ms=0, max_segment_s=6.0, cut_search_ms=1500, split_after_s=30))
+    assert len(segs) == 2
+    (a0, a1), (b0, b1) = segs
+    assert a0 == 0.0 and a1 == b0 == pytest.approx(186 * WINDOW_S)
+    assert b1 == pytest.approx(219 * WINDOW_S)

@@ -12,18 +12,17 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from compliance_monitor.asr.prompt import echoes_prompt, prompt_words
+from compliance_monitor.asr.prompt import echoes_prompt, inside_prompt, prompt_words
 from compliance_monitor.config import AsrSettings
 
 log = logging.getLogger(__name__)
 
 FULL_WINDOW = 3000  # mel frames = 30 s
 FRAMES_PER_SECOND = 100
-FALLBACK_TEMPERATURES = (0.4, 0.8)
 TOKENS_PER_SECOND = 12
 MIN_NEW_TOKENS = 16
 # Mandarin runs 3-5 characters a second; under 1 a second over 1.5 s of speech means whisper stopped early.
@@ -52,7 +51,16 @@ class DecodeResult:
     avg_logprob: float
     no_speech_prob: float
     compression_ratio: float
-    rejected: str | None  # why the text was discarded (silence, repetition, low confidence)
+    rejected: str | None  # why the text was discarded (silence, repetition, low confidence, prompt echo)
+    hypothesis: str = ""  # what the model said, kept even when the guards discard it (logs, rescue)
+    retries: tuple[str, ...] = ()  # re-decodes this result took: "full_window", "no_prompt"
+    rescued: str | None = None  # a rejected final kept anyway: "low_confidence" (best hypothesis of two decodes)
+
+
+RETRY_ON = frozenset({"repetition", "low_confidence", "prompt_echo"})
+# Kept as the best hypothesis when both decodes fall short on confidence alone: speech VAD found and whisper
+# read, just unsure. Silence (no_speech), loops (repetition) and prompt read-back are never kept.
+RESCUABLE = frozenset({"low_confidence"})
 
 
 def _truncated(result: DecodeResult, request: DecodeRequest) -> bool:
@@ -137,16 +145,17 @@ class WhisperDecoder:
             batch[i, :, :n] = mel[:, :n]
         return batch
 
-    def _prompt(self, prompt_text: str | None) -> list[int]:
+    def _prompt(self, prompt_text: str | None, with_domain_prompt: bool = True) -> list[int]:
         prompt: list[int] = []
-        context = " ".join(t for t in (self.settings.initial_prompt, prompt_text) if t)
+        domain = self.settings.initial_prompt if with_domain_prompt else None
+        context = " ".join(t for t in (domain, prompt_text) if t)
         if context:
             tokens = self.tokenizer.encode(" " + context.strip())[-(self.model.max_length // 2 - 1) :]
             prompt = [self.tokenizer.sot_prev, *tokens]
         return [*prompt, *self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
 
     def decode(self, requests: list[DecodeRequest]) -> list[DecodeResult]:
-        """Decode a batch: greedy/beam at temperature 0, then a fallback for the ones that failed."""
+        """Decode a batch (beam search at temperature 0), then one retry for each final the guards rejected."""
         if not requests:
             return []
         import ctranslate2
@@ -164,40 +173,39 @@ class WhisperDecoder:
         for i, res in enumerate(results):
             assert res is not None
             request = requests[i]
-            if not request.fallback:
-                continue
-            if res.rejected in {"repetition", "low_confidence"} or _truncated(res, request):
-                results[i] = self._full_window(request, res)
-            if results[i].rejected in {"repetition", "low_confidence"}:  # type: ignore[union-attr]
-                results[i] = self._fallback(request) or results[i]
+            if request.fallback and (res.rejected in RETRY_ON or _truncated(res, request)):
+                results[i] = self._retry(request, res)
         return [r for r in results if r is not None]
 
-    def _full_window(self, request: DecodeRequest, first: DecodeResult) -> DecodeResult:
-        """The stock 30 s window, for a final the short window got wrong.
+    def _retry(self, request: DecodeRequest, first: DecodeResult) -> DecodeResult:
+        """One more decode of a final the first pass got wrong: the stock 30 s window, and no domain prompt.
 
-        With a short window whisper-base sometimes stops after one character (身份证后四位是… → 采) or
-        loses confidence; the same audio in the 30 s window it was trained on decodes fine (measured on
-        the dev calls' turns). Costs one more encoder pass, only for those finals.
+        With a short window whisper-base sometimes stops after one character (身份证后四位是… → 采) or loses
+        confidence; the same audio in the 30 s window it was trained on decodes fine (measured on the dev calls'
+        turns). On real conversational speech the domain prompt is sometimes read back instead of the speech
+        (电:贷款逾期、欠款、): the retry goes without it. One retry at most, so a final costs at most two decodes
+        (stock whisper's ladder of temperature re-decodes took a 5 s segment to 4.3 s on this machine).
         """
-        if self._window(len(request.audio) // 160) >= FULL_WINDOW:
-            return first
         import ctranslate2
 
+        retries = ("full_window", "no_prompt") if self.settings.initial_prompt else ("full_window",)
         features = ctranslate2.StorageView.from_array(self._features([request.audio], FULL_WINDOW))
-        retry = self._generate(features, [request], request.beam_size)[0]
-        if retry.rejected is None and len(retry.text) > len(first.text):
-            return retry
-        return first
+        retry = self._generate(features, [request], request.beam_size, with_domain_prompt=False)[0]
+        if retry.rejected is None and (first.rejected is not None or len(retry.text) > len(first.text)):
+            return _with(retry, retries=retries)
+        if first.rejected is None:
+            return _with(first, retries=retries)
+        return _rescue(first, retry, retries)
 
     def _generate(
-        self, features: object, requests: list[DecodeRequest], beam: int, temperature: float = 0.0
+        self,
+        features: object,
+        requests: list[DecodeRequest],
+        beam: int,
+        *,
+        with_domain_prompt: bool = True,
     ) -> list[DecodeResult]:
-        kwargs: dict[str, object] = (
-            {"beam_size": beam, "patience": 1.0}
-            if temperature == 0.0
-            else {"beam_size": 1, "num_hypotheses": 1, "sampling_topk": 0, "sampling_temperature": temperature}
-        )
-        prompts = [self._prompt(r.prompt_text) for r in requests]
+        prompts = [self._prompt(r.prompt_text, with_domain_prompt) for r in requests]
         max_length = max(len(p) + r.max_new_tokens for p, r in zip(prompts, requests, strict=True))
         outputs = self.model.model.generate(
             features,
@@ -208,11 +216,12 @@ class WhisperDecoder:
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=self._suppress,
-            **kwargs,
+            beam_size=beam,
+            patience=1.0,
         )
-        return [self._judge(out) for out in outputs]
+        return [self._judge(out, with_domain_prompt) for out in outputs]
 
-    def _judge(self, out: object) -> DecodeResult:
+    def _judge(self, out: object, with_domain_prompt: bool = True) -> DecodeResult:
         tokens = out.sequences_ids[0]  # type: ignore[attr-defined]
         score = out.scores[0]  # type: ignore[attr-defined]
         no_speech = float(out.no_speech_prob)  # type: ignore[attr-defined]
@@ -229,21 +238,32 @@ class WhisperDecoder:
             rejected = "low_confidence"
         elif not text:
             rejected = "empty"
-        elif (echoed := echoes_prompt(text, self._prompt_words)) and (echoed > 1 or no_speech > PROMPT_ECHO_NO_SPEECH):
+        elif with_domain_prompt and self._echoes(text, no_speech):
             rejected = "prompt_echo"  # 法院、法院 or 银行卡 on noise: the domain prompt read back
-        return DecodeResult(text if rejected is None else "", avg_logprob, no_speech, ratio, rejected)
+        return DecodeResult(text if rejected is None else "", avg_logprob, no_speech, ratio, rejected, text)
 
-    def _fallback(self, request: DecodeRequest) -> DecodeResult | None:
-        """Sampling at rising temperature, as whisper does, for one segment at a time (rare)."""
-        import ctranslate2
-
-        features = ctranslate2.StorageView.from_array(self._features([request.audio]))
-        for temperature in FALLBACK_TEMPERATURES:
-            res = self._generate(features, [request], 1, temperature)[0]
-            if res.rejected is None:
-                return res
-        return None
+    def _echoes(self, text: str, no_speech: float) -> bool:
+        """The prompt read back: a stretch of it verbatim, or nothing but its words. A false alarm costs one
+        re-decode without the prompt (``_retry``), not the words."""
+        if inside_prompt(text, self.settings.initial_prompt):
+            return True
+        echoed = echoes_prompt(text, self._prompt_words)
+        return bool(echoed) and (echoed > 1 or no_speech > PROMPT_ECHO_NO_SPEECH)
 
     def warm_up(self) -> None:
         """One decode of silence so the first real call does not pay for lazy initialisation."""
         self.decode([DecodeRequest(np.zeros(16_000, dtype=np.float32), beam_size=1)])
+
+
+def _with(result: DecodeResult, **changes: object) -> DecodeResult:
+    return replace(result, **changes)  # type: ignore[arg-type]
+
+
+def _rescue(first: DecodeResult, retry: DecodeResult, retries: tuple[str, ...]) -> DecodeResult:
+    """Both decodes rejected: keep the more confident hypothesis if the retry (full window, no prompt) too heard
+    words and lacked only confidence. When it calls the audio silence or a loop, the first reading is not kept."""
+    usable = [r for r in (first, retry) if r.rejected in RESCUABLE and r.hypothesis]
+    if retry.rejected not in RESCUABLE or not usable:
+        return _with(first, retries=retries)
+    best = max(usable, key=lambda r: r.avg_logprob)
+    return _with(best, text=best.hypothesis, rejected=None, retries=retries, rescued=best.rejected)

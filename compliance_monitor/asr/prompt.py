@@ -35,3 +35,11 @@ def echoes_prompt(text: str, words: tuple[str, ...]) -> int:
         return 0
     pieces = re.findall("|".join(map(re.escape, words)), bare)
     return len(pieces) if "".join(pieces) == bare else 0
+
+
+def inside_prompt(text: str, prompt: str | None, min_chars: int = 3) -> bool:
+    """``text`` is a verbatim stretch of the prompt: 电：贷款逾期、欠款、 read back from 催收来电：贷款逾期、欠款、…"""
+    if not prompt:
+        return False
+    bare = _LIST_SEPARATORS.sub("", text)
+    return len(bare) >= min_chars and bare in _LIST_SEPARATORS.sub("", prompt)

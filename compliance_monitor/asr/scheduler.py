@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,12 +47,17 @@ class AsrStats:
     busy_s: float = 0.0  # seconds the model was running
     max_final_wait_s: float = 0.0
     lag_warnings: int = 0
+    # Finals the guards rejected after the retry, by reason: speech that reached no transcript unless rescued.
+    finals_rejected: Counter[str] = field(default_factory=Counter)
+    finals_retried: int = 0  # finals decoded twice (full window, no prompt): meant to stay the exception
+    finals_rescued: Counter[str] = field(default_factory=Counter)  # rejected, kept anyway (best hypothesis)
+    final_decode_s: deque[float] = field(default_factory=lambda: deque(maxlen=2000))  # per batch holding finals
 
     @property
     def rtf(self) -> float:
         return self.busy_s / self.audio_s if self.audio_s else 0.0
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, object]:
         return {
             "batches": self.batches,
             "finals": self.finals,
@@ -63,7 +68,22 @@ class AsrStats:
             "rtf": round(self.rtf, 3),
             "max_final_wait_s": round(self.max_final_wait_s, 3),
             "lag_warnings": self.lag_warnings,
+            "finals_rejected": dict(self.finals_rejected),
+            "finals_retried": self.finals_retried,
+            "finals_rescued": dict(self.finals_rescued),
+            "final_decode_s": _percentiles(self.final_decode_s),
         }
+
+
+def _percentiles(values: deque[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "max": None}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"p50": at(0.5), "p95": at(0.95), "max": at(1.0)}
 
 
 class AsrScheduler:
@@ -161,7 +181,7 @@ class AsrScheduler:
             busy = time.monotonic() - started
             if busy > SLOW_BATCH_S:
                 log.warning("ASR batch of %d (%.1fs audio) took %.2fs", len(batch), sum(j.audio_s for j in batch), busy)
-            self._note_done(batch, busy)
+            self._note_done(batch, results, busy)
             for job, result in zip(batch, results, strict=True):
                 if not job.future.done():
                     job.future.set_result(result)
@@ -182,12 +202,20 @@ class AsrScheduler:
                 len(self._partials),
             )
 
-    def _note_done(self, batch: list[_Job], busy: float) -> None:
-        self.stats.batches += 1
-        self.stats.busy_s += busy
-        for job in batch:
-            self.stats.audio_s += job.audio_s
-            if job.final:
-                self.stats.finals += 1
-            else:
-                self.stats.partials += 1
+    def _note_done(self, batch: list[_Job], results: list[DecodeResult], busy: float) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.busy_s += busy
+        if any(j.final for j in batch):
+            stats.final_decode_s.append(busy)
+        for job, result in zip(batch, results, strict=True):
+            stats.audio_s += job.audio_s
+            if not job.final:
+                stats.partials += 1
+                continue
+            stats.finals += 1
+            stats.finals_retried += bool(result.retries)
+            if result.rejected:
+                stats.finals_rejected[result.rejected] += 1
+            if result.rescued:
+                stats.finals_rescued[result.rescued] += 1

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class SpeakerTranscriber:
         self.segmenter = SpeechSegmenter(vad)
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffer_t0 = 0.0  # stream time of _buffer[0]
-        self._pad_s = vad.speech_pad_ms / 1000
+        self._preroll_s = (vad.onset_lookback_ms + vad.speech_pad_ms) / 1000 + 0.1
         self._segment_no = 0
         self._segment_t0: float | None = None
         self._last_partial_t = 0.0
@@ -60,6 +61,7 @@ class SpeakerTranscriber:
         self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._emitter = asyncio.create_task(self._emit(), name=f"asr-emit-{call_id}-{speaker}")
         self.gaps_filled_s = 0.0
+        self._partial_text: dict[int, str] = {}  # the open segment's last partial with words
 
     @property
     def stream_key(self) -> tuple[str, str]:
@@ -112,8 +114,9 @@ class SpeakerTranscriber:
         return audio
 
     def _trim(self) -> None:
-        # Keep the open segment, or the pre-roll pad while nobody speaks: bounded either way.
-        keep_from = self._segment_t0 if self._segment_t0 is not None else self.buffer_end - self._pad_s - 0.5
+        # Keep the open segment, or the pre-roll while nobody speaks (as far back as a segment's start may reach:
+        # VAD's onset look-back and pad, and the window it has not scored yet): bounded either way.
+        keep_from = self._segment_t0 if self._segment_t0 is not None else self.buffer_end - self._preroll_s
         drop = int((keep_from - self._buffer_t0) * RATE)
         if drop > 0:
             self._buffer = self._buffer[drop:]
@@ -165,23 +168,55 @@ class SpeakerTranscriber:
             except Exception:
                 log.exception("ASR failed for %s/%s segment %d", self.call_id, self.speaker, segment_no)
                 continue
-            if result is None or not result.text:  # superseded, or silence/noise rejected by the guards
-                if final:  # the segment ended with nothing said: what its partials showed was not speech
-                    await self.out.put(Transcript(self.call_id, self.speaker, segment_no, "", t0, t1, True))
+            if not final:
+                if result is not None and result.text:  # superseded or rejected partials show nothing
+                    self._partial_text[segment_no] = result.text
+                    await self._put(segment_no, t0, t1, False, result, submitted)
                 continue
-            if final and result.text:
+            partial = self._partial_text.pop(segment_no, "")
+            if result is not None and not result.text:
+                result = self._rescue_from_partial(segment_no, t0, t1, result, partial)
+            if result is not None and result.text:
                 self._last_final_text = result.text
-            await self.out.put(
-                Transcript(
-                    self.call_id,
-                    self.speaker,
-                    segment_no,
-                    result.text,
-                    t0,
-                    t1,
-                    final,
-                    result.avg_logprob,
-                    result.no_speech_prob,
-                    time.monotonic() - submitted,
-                )
+            await self._put(segment_no, t0, t1, True, result, submitted)
+
+    def _rescue_from_partial(
+        self, segment_no: int, t0: float, t1: float, result: DecodeResult, partial: str
+    ) -> DecodeResult:
+        """A final the guards rejected. Its last partial, if it showed words, stands rather than nothing:
+        what the console showed is kept, and findings raised on it are confirmed or withdrawn against it."""
+        log.info(
+            "ASR final rejected (%s) for %s/%s segment %d %.2f-%.2fs: %r%s",
+            result.rejected,
+            self.call_id,
+            self.speaker,
+            segment_no,
+            t0,
+            t1,
+            result.hypothesis,
+            f"; the partial {partial!r} stands" if partial else "",
+        )
+        if not partial:
+            return result
+        self.scheduler.stats.finals_rescued["partial"] += 1
+        return replace(result, text=partial, rescued=f"partial:{result.rejected}")
+
+    async def _put(
+        self, segment_no: int, t0: float, t1: float, final: bool, result: DecodeResult | None, submitted: float
+    ) -> None:
+        """Finals always go out, empty when nothing was said (their partials' findings are then withdrawn)."""
+        text = result.text if result is not None else ""
+        await self.out.put(
+            Transcript(
+                self.call_id,
+                self.speaker,
+                segment_no,
+                text,
+                t0,
+                t1,
+                final,
+                result.avg_logprob if result is not None else 0.0,
+                result.no_speech_prob if result is not None else 0.0,
+                time.monotonic() - submitted,
             )
+        )

@@ -8,7 +8,9 @@ on segment length (a monologue must still produce finals).
 
 from __future__ import annotations
 
+import math
 import os
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -72,7 +74,16 @@ class SegmentEvent:
 
 
 class SpeechSegmenter:
-    """Hysteresis on VAD probabilities → start/end boundaries in stream time."""
+    """Hysteresis on VAD probabilities → start/end boundaries in stream time.
+
+    Tuned for phone calls, where a lost first syllable or a word cut in two changes what the rules read:
+    - the onset is found by looking back from the point VAD became sure (``min_speech_ms`` above
+      ``threshold``) over the windows above ``neg_threshold``, bridging pauses shorter than ``min_silence_ms``,
+      up to ``onset_lookback_ms``: a soft first syllable or a short word before a pause (喂，…) stays in;
+    - a long turn is split at a pause of ``split_pause_ms`` once it is ``split_after_s`` long, and when it reaches
+      ``max_segment_s`` with no such pause, at its least speech-like window of the last ``cut_search_ms``, so a
+      monologue still yields finals without cutting a word in two.
+    """
 
     def __init__(self, settings: VadSettings) -> None:
         self.s = settings
@@ -82,39 +93,87 @@ class SpeechSegmenter:
         self._speech_run = 0  # consecutive windows above threshold while not in speech
         self._silence_run = 0  # consecutive windows below neg_threshold while in speech
         self._segment_start_window = 0
+        self._last_end_t = 0.0  # a new segment never reaches back into the previous one
+        self._probs: deque[float] = deque(maxlen=self._windows(max(settings.onset_lookback_ms, settings.cut_search_ms)))
+
+    @staticmethod
+    def _windows(ms: float) -> int:
+        return max(1, round(ms / 1000 / WINDOW_S))
 
     @property
     def now(self) -> float:
         return self._windows_seen * WINDOW_S
 
     def push(self, audio: np.ndarray) -> Iterator[SegmentEvent]:
-        min_speech = max(1, round(self.s.min_speech_ms / 1000 / WINDOW_S))
-        min_silence = max(1, round(self.s.min_silence_ms / 1000 / WINDOW_S))
-        max_windows = round(self.s.max_segment_s / WINDOW_S)
-        pad = self.s.speech_pad_ms / 1000
         for p in self.vad.process(audio):
             self._windows_seen += 1
-            if not self.in_speech:
-                self._speech_run = self._speech_run + 1 if p >= self.s.threshold else 0
-                if self._speech_run >= min_speech:
-                    self.in_speech = True
-                    self._silence_run = 0
-                    self._segment_start_window = self._windows_seen - self._speech_run
-                    yield SegmentEvent("start", max(0.0, self._segment_start_window * WINDOW_S - pad))
-                continue
-            self._silence_run = self._silence_run + 1 if p < self.s.neg_threshold else 0
-            too_long = self._windows_seen - self._segment_start_window >= max_windows
-            if self._silence_run >= min_silence or too_long:
-                self.in_speech = False
-                self._speech_run = 0
-                speech_end = (self._windows_seen - self._silence_run) * WINDOW_S
-                yield SegmentEvent("end", min(self.now, speech_end + pad))
-                if too_long and self._silence_run == 0:
-                    # Cut a long turn mid-word and keep listening: the speaker is still talking. In a
-                    # short pause we just end here; the next word opens a segment the usual way.
-                    self.in_speech = True
-                    self._segment_start_window = self._windows_seen
-                    yield SegmentEvent("start", self.now)
+            self._probs.append(float(p))
+            yield from self._step(float(p))
+
+    def _step(self, p: float) -> Iterator[SegmentEvent]:
+        s = self.s
+        pad = s.speech_pad_ms / 1000
+        if not self.in_speech:
+            self._speech_run = self._speech_run + 1 if p >= s.threshold else 0
+            if self._speech_run >= self._windows(s.min_speech_ms):
+                self.in_speech = True
+                self._silence_run = 0
+                self._segment_start_window = self._onset(self._windows_seen - self._speech_run)
+                start = max(self._last_end_t, self._segment_start_window * WINDOW_S - pad)
+                yield SegmentEvent("start", start)
+            return
+        self._silence_run = self._silence_run + 1 if p < s.neg_threshold else 0
+        length = self._windows_seen - self._segment_start_window
+        too_long = length >= self._windows(s.max_segment_s * 1000)
+        long_turn_pause = length >= self._windows(s.split_after_s * 1000) and self._silence_run >= self._windows(
+            s.split_pause_ms
+        )
+        if (
+            self._silence_run >= self._windows(s.min_silence_ms)
+            or long_turn_pause
+            or (too_long and self._silence_run > 0)  # capped in a pause: the turn ends here
+        ):
+            self.in_speech = False
+            self._speech_run = 0
+            speech_end = (self._windows_seen - self._silence_run) * WINDOW_S
+            self._last_end_t = min(self.now, speech_end + pad)
+            yield SegmentEvent("end", self._last_end_t)
+        elif too_long:
+            # The speaker is still talking: cut at the least speech-like moment of the last stretch, and the
+            # rest of the turn opens the next segment at once.
+            cut = self._quietest_window() * WINDOW_S
+            yield SegmentEvent("end", cut)
+            self._segment_start_window = round(cut / WINDOW_S)
+            self._last_end_t = cut
+            yield SegmentEvent("start", cut)
+
+    def _onset(self, sure_from: int) -> int:
+        """Where the speech VAD became sure of at ``sure_from`` really began: back over windows above
+        neg_threshold, across pauses shorter than min_silence, within the look-back."""
+        probs = list(self._probs)
+        first_kept = self._windows_seen - len(probs)  # window index of probs[0]
+        after_previous = math.ceil(self._last_end_t / WINDOW_S - 1e-9)
+        lookback_from = max(first_kept, after_previous, sure_from - self._windows(self.s.onset_lookback_ms))
+        onset, gap = sure_from, 0
+        for window in range(sure_from - 1, lookback_from - 1, -1):
+            if probs[window - first_kept] >= self.s.neg_threshold:
+                onset, gap = window, 0
+            else:
+                gap += 1
+                if gap >= self._windows(self.s.min_silence_ms):
+                    break
+        return onset
+
+    def _quietest_window(self) -> int:
+        """Index of the window with the lowest speech probability in the last ``cut_search_ms``, after the
+        segment's first half (a cut never makes a sliver)."""
+        probs = list(self._probs)
+        first_kept = self._windows_seen - len(probs)
+        search = self._windows(self.s.cut_search_ms)
+        half = self._segment_start_window + (self._windows_seen - self._segment_start_window) // 2
+        lo = max(first_kept, self._windows_seen - search, half)
+        window = min(range(lo, self._windows_seen), key=lambda w: (probs[w - first_kept], -w))
+        return window + 1 if window + 1 < self._windows_seen else window
 
     def flush(self) -> Iterator[SegmentEvent]:
         if self.in_speech:
