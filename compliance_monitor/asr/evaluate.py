@@ -28,7 +28,7 @@ from compliance_monitor.asr.scoring import Clip, Scored, score
 from compliance_monitor.asr.stream import SpeakerTranscriber
 from compliance_monitor.audio.g711 import ulaw_decode, ulaw_encode
 from compliance_monitor.audio.resample import float_to_pcm16, pcm16_to_float, resample
-from compliance_monitor.audio.wavfile import read_wav
+from compliance_monitor.audio.wavfile import read_audio
 from compliance_monitor.config import AsrSettings, VadSettings
 from compliance_monitor.messages import AudioChunk, Speaker, Transcript
 
@@ -102,7 +102,7 @@ def load_manifest(path: Path, split: str | None = None, ci_only: bool = False) -
             raise ValueError(f"{row['audio']}: kind {kind!r} is not one of {', '.join(KINDS)}")
         wav = path.parent / row["audio"]
         if wav not in files:
-            files[wav] = read_wav(wav)
+            files[wav] = read_audio(wav)
         audio, rate = files[wav]
         clips.append(
             Clip(

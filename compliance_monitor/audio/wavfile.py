@@ -1,4 +1,5 @@
-"""WAV files: PCM16 and G.711 (μ-law / A-law, as telephony recordings often are) in, PCM16 out."""
+"""Audio files: WAV (PCM16, G.711 μ-law / A-law as telephony recordings often are) here, FLAC/OGG and the rest
+through libsndfile (``soundfile``); PCM16 WAV out."""
 
 from __future__ import annotations
 
@@ -41,6 +42,16 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
         raise ValueError(f"{path}: WAVE format {tag}/{bits} bit is not supported (PCM16, μ-law, A-law)")
     frames = len(pcm) // channels
     return pcm16_to_float(pcm[: frames * channels]).reshape(frames, channels), int(rate)
+
+
+def read_audio(path: Path) -> tuple[np.ndarray, int]:
+    """(samples float32 [n, channels], rate) from a WAV, or from any format libsndfile reads (FLAC, OGG, …)."""
+    if path.suffix.lower() == ".wav":
+        return read_wav(path)
+    import soundfile
+
+    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    return audio, int(rate)
 
 
 def write_wav(path: Path, audio: np.ndarray, rate: int = 16_000) -> Path:
