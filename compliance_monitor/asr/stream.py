@@ -167,7 +167,10 @@ class SpeakerTranscriber:
                 raise
             except Exception:
                 log.exception("ASR failed for %s/%s segment %d", self.call_id, self.speaker, segment_no)
-                continue
+                if not final:
+                    continue
+                self.scheduler.stats.finals_rejected["error"] += 1
+                result = DecodeResult("", 0.0, 0.0, 0.0, "error")  # the partial stands, or the segment is unsaid
             if not final:
                 if result is not None and result.text:  # superseded or rejected partials show nothing
                     self._partial_text[segment_no] = result.text
