@@ -437,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(telephone = Twilio μ-law, clean = PCM 16 kHz)",
     )
     asr_eval.add_argument("--beam", nargs="+", type=int, default=[5], help="beam sizes (in-process modes)")
-    asr_eval.add_argument("--window", nargs="+", type=int, default=[500], help="encoder window(s), 0 = 30 s")
+    asr_eval.add_argument(
+        "--window", nargs="+", type=int, help="finals' encoder window(s) in mel frames, 0 = 30 s (default: as served)"
+    )
     asr_eval.add_argument(
         "--prompt",
         nargs="+",

@@ -20,7 +20,6 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from compliance_monitor.asr.prompt import DOMAIN_PROMPT
 from compliance_monitor.resources import default_classifier_dir, default_rules_dir
 
 
@@ -68,17 +67,20 @@ class AsrSettings(BaseModel):
     partial_beam_size: int = 1
     partial_interval_s: float = 1.0
     max_batch: int = 4
-    # Encoder window in mel frames (100 per second). Whisper pads every decode to 3000 (30 s); a short
-    # window is 3-4x faster on CPU (measured: 0.17 s vs 0.6 s for a 4 s clip, same or better text);
-    # it grows with the segment. 0 = the stock 30 s window.
+    # Encoder window in mel frames (100 per second) for partials. Whisper pads every decode to 3000 (30 s); a short
+    # window is 3-4x faster on CPU (0.17 s vs 0.6 s for a 4 s clip); it grows with the segment. 0 = 30 s.
     encoder_window_frames: int = 500
+    # The same for finals, what rules and the archive read. On real recordings in the telephone band (dev split of
+    # tests/data/real_speech) the 30 s window whisper was trained on is the better reader: CER 0.201 against 0.228.
+    final_encoder_window_frames: int = 0
     condition_on_previous: bool = Field(False, description="prompt with the speaker's previous final")
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
-    # Domain vocabulary read as the previous utterance: biases Whisper towards 逾期, 起诉, 通讯录… (see asr/prompt.py;
-    # CER 0.130 → 0.117 on collection turns in the telephone band). "" or null = no prompt.
-    initial_prompt: str | None = DOMAIN_PROMPT
+    # Text read as the previous utterance (asr/prompt.py has DOMAIN_PROMPT, the collection vocabulary). Off: on TTS
+    # collection turns the domain prompt helped (CER 0.130 → 0.117), but on real recordings it was read back instead
+    # of the speech and took CER from 0.228 to 0.340 (dev split of tests/data/real_speech, telephone band).
+    initial_prompt: str | None = None
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "compliance-monitor")
     lag_warning_s: float = 3.0
 

@@ -184,3 +184,30 @@ def test_prompt_echo_is_recognised() -> None:
     assert echoes_prompt("你的银行卡号是多少", words) == 0  # real speech that uses the words
     assert echoes_prompt("法院找我干什么", words) == 0
     assert echoes_prompt("银行卡", ()) == 0  # no prompt, nothing to echo
+
+
+REAL_SPEECH = Path(__file__).parent / "data" / "real_speech" / "manifest.jsonl"
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_real_speech_ci_subset_streams_live_over_the_bridge_and_loses_nothing(tmp_path: Path) -> None:
+    """Real recordings of people (tests/data/real_speech, the rows marked ci) through a real server, over the
+    Twilio bridge in the telephone band at real-time pace: every clip gets finals holding at least half of it."""
+    done = subprocess.run(
+        [EXE, "asr", "eval", str(REAL_SPEECH), "--ci", "--mode", "live", "--condition", "telephone", "--json"],
+        env=os.environ | {"CM_ARCHIVE__PATH": str(tmp_path / "archive.sqlite3")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    ci_rows = [
+        json.loads(line) for line in REAL_SPEECH.read_text(encoding="utf-8").splitlines() if '"ci": true' in line
+    ]
+    assert len(report["rows"]) == len(ci_rows) >= 5
+    assert {r["mode"] for r in report["rows"]} == {"live"}
+    lost = [(r["clip"], r["hypothesis"]) for r in report["rows"] if r["lost"]]
+    assert not lost, lost
+    assert all(r["decode_s"] for r in report["rows"]), "every clip got at least one final"

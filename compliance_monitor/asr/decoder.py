@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 FULL_WINDOW = 3000  # mel frames = 30 s
 FRAMES_PER_SECOND = 100
+HOP = 160  # samples per mel frame at 16 kHz
 TOKENS_PER_SECOND = 12
 MIN_NEW_TOKENS = 16
 # Mandarin runs 3-5 characters a second; under 1 a second over 1.5 s of speech means whisper stopped early.
@@ -37,7 +38,8 @@ class DecodeRequest:
     audio: np.ndarray  # float32, 16 kHz
     beam_size: int
     prompt_text: str | None = None  # previous final of the same speaker, for context
-    fallback: bool = True  # re-decode by sampling when the greedy/beam result fails the guards
+    fallback: bool = True  # a final: retried (and rescued) when the guards reject it; partials are not
+    min_window: int | None = None  # encoder window floor in mel frames; None: asr.encoder_window_frames, 0: 30 s
 
     @property
     def max_new_tokens(self) -> int:
@@ -53,8 +55,9 @@ class DecodeResult:
     compression_ratio: float
     rejected: str | None  # why the text was discarded (silence, repetition, low confidence, prompt echo)
     hypothesis: str = ""  # what the model said, kept even when the guards discard it (logs, rescue)
-    retries: tuple[str, ...] = ()  # re-decodes this result took: "full_window", "no_prompt"
+    retries: tuple[str, ...] = ()  # how the one re-decode differed: "full_window", "no_prompt", "no_context"
     rescued: str | None = None  # a rejected final kept anyway: "low_confidence" (best hypothesis of two decodes)
+    window: int = FULL_WINDOW  # encoder window it was decoded in (mel frames)
 
 
 RETRY_ON = frozenset({"repetition", "low_confidence", "prompt_echo"})
@@ -129,21 +132,24 @@ class WhisperDecoder:
 
     # ------------------------------------------------------------------ batching
 
-    def _window(self, frames: int) -> int:
-        if self.settings.encoder_window_frames <= 0:
+    def _window(self, frames: int, floor: int | None = None) -> int:
+        floor = self.settings.encoder_window_frames if floor is None else floor
+        if floor <= 0:
             return FULL_WINDOW
         # Leave ~1 s of padding after the speech: whisper needs to "see" the end to stop.
         wanted = -(-(frames + FRAMES_PER_SECOND) // 100) * 100
-        return min(FULL_WINDOW, max(self.settings.encoder_window_frames, wanted))
+        return min(FULL_WINDOW, max(floor, wanted))
+
+    def _mel(self, audio: np.ndarray, window: int) -> np.ndarray:
+        """Log-mel frames of the audio followed by digital silence up to ``window`` frames, as stock whisper pads
+        (zero-valued mel frames are not silence to the model: they read as a quiet hiss, and cost accuracy)."""
+        audio = audio[: window * HOP]
+        padded = np.concatenate([audio, np.zeros(window * HOP - len(audio), np.float32)])
+        return self.model.feature_extractor(padded)[:, :window]
 
     def _features(self, audios: list[np.ndarray], window: int | None = None) -> np.ndarray:
-        mels = [self.model.feature_extractor(a)[:, :-1] if len(a) else np.zeros((80, 1)) for a in audios]
-        window = window or max(self._window(m.shape[1]) for m in mels)
-        batch = np.zeros((len(mels), mels[0].shape[0], window), dtype=np.float32)
-        for i, mel in enumerate(mels):
-            n = min(window, mel.shape[1])
-            batch[i, :, :n] = mel[:, :n]
-        return batch
+        window = window or max(self._window(len(a) // HOP) for a in audios)
+        return np.stack([self._mel(a, window) for a in audios]).astype(np.float32)
 
     def _prompt(self, prompt_text: str | None, with_domain_prompt: bool = True) -> list[int]:
         prompt: list[int] = []
@@ -160,16 +166,15 @@ class WhisperDecoder:
             return []
         import ctranslate2
 
-        features = ctranslate2.StorageView.from_array(self._features([r.audio for r in requests]))
-        # CTranslate2 runs one beam size per call; group by it.
+        # CTranslate2 runs one beam size per call, and a batch shares one window: group by both.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.beam_size, self._window(len(r.audio) // HOP, r.min_window)), []).append(i)
         results: list[DecodeResult | None] = [None] * len(requests)
-        for beam in sorted({r.beam_size for r in requests}):
-            idx = [i for i, r in enumerate(requests) if r.beam_size == beam]
-            sub = (
-                features if len(idx) == len(requests) else ctranslate2.StorageView.from_array(np.asarray(features)[idx])
-            )
-            for i, res in zip(idx, self._generate(sub, [requests[i] for i in idx], beam), strict=True):
-                results[i] = res
+        for (beam, window), idx in sorted(groups.items()):
+            features = ctranslate2.StorageView.from_array(self._features([requests[i].audio for i in idx], window))
+            for i, res in zip(idx, self._generate(features, [requests[i] for i in idx], beam), strict=True):
+                results[i] = _with(res, window=window)
         for i, res in enumerate(results):
             assert res is not None
             request = requests[i]
@@ -178,19 +183,31 @@ class WhisperDecoder:
         return [r for r in results if r is not None]
 
     def _retry(self, request: DecodeRequest, first: DecodeResult) -> DecodeResult:
-        """One more decode of a final the first pass got wrong: the stock 30 s window, and no domain prompt.
+        """One more decode of a final the first pass got wrong: the stock 30 s window, no prompt, no context.
 
         With a short window whisper-base sometimes stops after one character (身份证后四位是… → 采) or loses
         confidence; the same audio in the 30 s window it was trained on decodes fine (measured on the dev calls'
-        turns). On real conversational speech the domain prompt is sometimes read back instead of the speech
+        turns). On real conversational speech a domain prompt is sometimes read back instead of the speech
         (电:贷款逾期、欠款、): the retry goes without it. One retry at most, so a final costs at most two decodes
         (stock whisper's ladder of temperature re-decodes took a 5 s segment to 4.3 s on this machine).
         """
         import ctranslate2
 
-        retries = ("full_window", "no_prompt") if self.settings.initial_prompt else ("full_window",)
+        retries = tuple(
+            name
+            for name, differs in (
+                ("full_window", first.window < FULL_WINDOW),
+                ("no_prompt", bool(self.settings.initial_prompt)),
+                ("no_context", bool(request.prompt_text)),
+            )
+            if differs
+        )
+        if not retries:  # the first decode was already the plain one: nothing else to try
+            return _rescue(first, None, ())
+        bare = replace(request, prompt_text=None)
         features = ctranslate2.StorageView.from_array(self._features([request.audio], FULL_WINDOW))
-        retry = self._generate(features, [request], request.beam_size, with_domain_prompt=False)[0]
+        retry = self._generate(features, [bare], request.beam_size, with_domain_prompt=False)[0]
+        retry = _with(retry, window=FULL_WINDOW)
         if retry.rejected is None and (first.rejected is not None or len(retry.text) > len(first.text)):
             return _with(retry, retries=retries)
         if first.rejected is None:
@@ -259,11 +276,13 @@ def _with(result: DecodeResult, **changes: object) -> DecodeResult:
     return replace(result, **changes)  # type: ignore[arg-type]
 
 
-def _rescue(first: DecodeResult, retry: DecodeResult, retries: tuple[str, ...]) -> DecodeResult:
-    """Both decodes rejected: keep the more confident hypothesis if the retry (full window, no prompt) too heard
-    words and lacked only confidence. When it calls the audio silence or a loop, the first reading is not kept."""
-    usable = [r for r in (first, retry) if r.rejected in RESCUABLE and r.hypothesis]
-    if retry.rejected not in RESCUABLE or not usable:
+def _rescue(first: DecodeResult, retry: DecodeResult | None, retries: tuple[str, ...]) -> DecodeResult:
+    """The guards rejected every decode. Keep the most confident hypothesis if confidence was all they lacked and
+    the last decode too heard words (as stock whisper keeps its last reading once its fallbacks run out); when it
+    calls the audio silence, a loop or the prompt read back, nothing is kept."""
+    last = retry or first
+    usable = [r for r in (first, retry) if r is not None and r.rejected in RESCUABLE and r.hypothesis]
+    if last.rejected not in RESCUABLE or not usable:
         return _with(first, retries=retries)
     best = max(usable, key=lambda r: r.avg_logprob)
     return _with(best, text=best.hypothesis, rejected=None, retries=retries, rescued=best.rejected)

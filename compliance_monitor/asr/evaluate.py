@@ -42,22 +42,31 @@ def telephone_band(audio: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Variant:
-    """One decoder setting under test: encoder window and initial prompt (a name in ``PROMPTS``)."""
+    """One decoder setting under test: the finals' encoder window and the initial prompt (a name in ``PROMPTS``)."""
 
-    window: int
+    window: int | None  # None: as served
     prompt: str
     settings: AsrSettings
 
     @property
     def name(self) -> str:
-        return f"window={self.window}"
+        return f"window={'served' if self.window is None else self.window}"
 
 
-def make_variants(base: AsrSettings, windows: list[int], prompts: list[str]) -> list[Variant]:
+def make_variants(base: AsrSettings, windows: list[int] | None, prompts: list[str]) -> list[Variant]:
     """Windows × prompts: "served" = the configured ``initial_prompt``, "none" = no prompt, else ``PROMPTS``."""
     return [
-        Variant(w, p, base.model_copy(update={"encoder_window_frames": w, "initial_prompt": _prompt(base, p)}))
-        for w in windows
+        Variant(
+            w,
+            p,
+            base.model_copy(
+                update={
+                    "final_encoder_window_frames": base.final_encoder_window_frames if w is None else w,
+                    "initial_prompt": _prompt(base, p),
+                }
+            ),
+        )
+        for w in windows or [None]
         for p in prompts
     ]
 
@@ -118,7 +127,8 @@ def load_manifest(path: Path, split: str | None = None, ci_only: bool = False) -
 
 def decode_whole(decoder: WhisperDecoder, audio: np.ndarray, beam: int) -> tuple[str, float]:
     started = time.perf_counter()
-    text = decoder.decode([DecodeRequest(audio, beam_size=beam)])[0].text
+    window = decoder.settings.final_encoder_window_frames
+    text = decoder.decode([DecodeRequest(audio, beam_size=beam, min_window=window)])[0].text
     return text, time.perf_counter() - started
 
 

@@ -154,6 +154,7 @@ class SpeakerTranscriber:
             beam_size=self.asr.beam_size if final else self.asr.partial_beam_size,
             prompt_text=self._last_final_text if self.asr.condition_on_previous else None,
             fallback=final,  # a bad partial is simply skipped; the final will cover it
+            min_window=self.asr.final_encoder_window_frames if final else self.asr.encoder_window_frames,
         )
         future = self.scheduler.submit(self.stream_key, request, final=final)
         self._pending.put_nowait((self._segment_no, t0, t1, final, time.monotonic(), future))
