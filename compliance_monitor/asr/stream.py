@@ -27,6 +27,7 @@ RATE = 16_000
 MIN_GAP_S = 0.01  # below half a 20 ms frame: resampler delay and rounding, not loss
 MAX_GAP_FILL_S = 5.0  # a longer hole in the stream is not filled with silence sample by sample
 MIN_PARTIAL_S = 0.6
+VAD_BATCH_S = 2.0  # the most audio one VAD inference sees (62 windows)
 
 # VAD is a small ONNX model: cheap, but still inference; keep it off the loop on a shared thread.
 _VAD_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
@@ -74,8 +75,14 @@ class SpeakerTranscriber:
         if not len(audio):
             return
         loop = asyncio.get_running_loop()
-        events = await loop.run_in_executor(_VAD_EXECUTOR, lambda: list(self.segmenter.push(audio)))
-        self._handle(events)
+        step = int(VAD_BATCH_S * RATE)
+        # Bounded VAD batches: ONNX Runtime keeps the memory of its largest input for good, and other calls'
+        # audio waits on the shared VAD thread for as long as one hop runs.
+        events: list[SegmentEvent] = []
+        for i in range(0, len(audio), step):
+            part = audio[i : i + step]
+            events += await loop.run_in_executor(_VAD_EXECUTOR, lambda part=part: list(self.segmenter.push(part)))
+        self._handle(events)  # once VAD has seen all of it: _handle trims the buffer
         self._maybe_partial()
 
     async def finish(self) -> None:
