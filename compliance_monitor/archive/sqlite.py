@@ -139,9 +139,10 @@ class Archive:
                 if self.db.execute("SELECT 1 FROM calls WHERE call_id=?", (key,)).fetchone() is None:
                     break
                 key = f"{call.call_id}~{n}"
+            metadata = call.metadata if key == call.call_id else {**call.metadata, "bridge_call_id": call.call_id}
             self.db.execute(
                 "INSERT INTO calls(call_id, agent_id, bridge, metadata, started_at) VALUES (?,?,?,?,?)",
-                (key, call.agent_id, call.bridge, json.dumps(call.metadata, ensure_ascii=False), call.wall_time),
+                (key, call.agent_id, call.bridge, json.dumps(metadata, ensure_ascii=False), call.wall_time),
             )
             self._audit("call_started", key, {"agent_id": call.agent_id, "bridge": call.bridge})
             return key

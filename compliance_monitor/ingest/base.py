@@ -137,6 +137,7 @@ def _constant(name: str) -> float:
 _MAX_ID = 128
 _MAX_VALUE = 512
 _MAX_KEYS = 32
+_OBJECT_FIELDS = {"custom_parameters"}  # read as objects downstream (debtor_id, debtor_tz)
 
 
 def check_call_id(value: object, name: str = "call_id") -> str:
@@ -180,6 +181,8 @@ def check_metadata(value: object, name: str = "metadata", nested: bool = True) -
             raise _invalid("bad_metadata", f"{name}: a field name longer than 64 characters")
         if isinstance(item, dict) and nested:
             out[key] = check_metadata(item, f"{name}.{key}", nested=False)
+        elif key in _OBJECT_FIELDS and nested:
+            raise _invalid("bad_metadata", f"{name}.{key} must be an object")
         else:
             out[key] = check_scalar(item, f"{name}.{key}")
     return out
