@@ -114,6 +114,10 @@ class CallSession:
         self._audio: dict[Speaker, asyncio.Queue[AudioChunk | None]] = {
             sp: asyncio.Queue(s.ingest.chunk_queue_size) for sp in started.speakers
         }
+        # The queue is bounded in audio too, not only in chunks: 250 one-second frames would be 16 MB a speaker.
+        self._max_queued_s = s.ingest.chunk_queue_size * 0.02
+        self._queued_s = dict.fromkeys(started.speakers, 0.0)
+        self._room = {sp: asyncio.Event() for sp in started.speakers}
         self._transcripts: asyncio.Queue[Transcript | None] = asyncio.Queue(256)
         self._transcribers = {
             sp: SpeakerTranscriber(self.call_id, sp, services.asr, s.vad, s.asr, self._transcripts)
@@ -142,11 +146,21 @@ class CallSession:
         queue = self._audio.get(chunk.speaker)
         if queue is None:
             raise ProtocolError("unknown_speaker", f"no stream for speaker {chunk.speaker}")
+        room = self._room[chunk.speaker]
+        while self._queued_s[chunk.speaker] >= self._max_queued_s and not self._ended.is_set():
+            room.clear()
+            await room.wait()
         if self._ended.is_set():
             self.chunks_dropped += 1  # after hang-up or a pipeline failure: nothing reads it
             return
         self.audio_s += chunk.duration
+        self._queued_s[chunk.speaker] += chunk.duration
         await queue.put(chunk)
+
+    def _taken(self, chunk: AudioChunk) -> AudioChunk:
+        self._queued_s[chunk.speaker] -= chunk.duration
+        self._room[chunk.speaker].set()
+        return chunk
 
     @property
     def input_ended(self) -> bool:
@@ -162,6 +176,8 @@ class CallSession:
             return
         self.end_reason = reason
         self._ended.set()
+        for room in self._room.values():
+            room.set()
         for queue in self._audio.values():
             # A full queue needs no sentinel: the speaker loop checks _ended once it has drained it.
             with contextlib.suppress(asyncio.QueueFull):
@@ -186,7 +202,7 @@ class CallSession:
             chunk = await queue.get()
             if chunk is None:
                 break
-            batch = [chunk]
+            batch = [self._taken(chunk)]
             # Whatever else is already queued goes through VAD in the same executor hop, up to a bound.
             while not queue.empty() and len(batch) < MAX_BATCH_CHUNKS:
                 nxt = queue.get_nowait()
@@ -194,7 +210,7 @@ class CallSession:
                     await transcriber.push(batch)
                     await transcriber.finish()
                     return
-                batch.append(nxt)
+                batch.append(self._taken(nxt))
             await transcriber.push(batch)
         await transcriber.finish()
 

@@ -27,7 +27,7 @@ from compliance_monitor.ingest.base import ProtocolError
 from compliance_monitor.ingest.connection import Parser, serve_connection
 from compliance_monitor.ingest.pcm import PcmStreamParser
 from compliance_monitor.ingest.twilio import TwilioStreamParser
-from compliance_monitor.messages import CallStarted, Speaker, Transcript
+from compliance_monitor.messages import AudioChunk, CallStarted, Speaker, Transcript
 from compliance_monitor.monitor import Monitor
 from compliance_monitor.pipeline import CallSession
 from tests.conftest import make_settings
@@ -325,3 +325,18 @@ def test_unauthenticated_bridges_cannot_create_calls_once_auth_is_on(
 def test_an_empty_bridge_token_is_refused_at_start(tmp_path: Path, token: str) -> None:
     with pytest.raises(ValueError, match="bridge_token"):
         make_settings(tmp_path, auth={"tokens": {"sup-1": "supervisor"}, "bridge_token": token})
+
+
+async def test_a_speakers_queue_is_bounded_in_seconds_not_only_chunks(monitor: Monitor) -> None:
+    started = CallStarted("c-queue", None, "pcm", (Speaker.AGENT,), {})
+    session = CallSession(started, monitor.services, FakeTransport([]))  # not running: nothing drains the queue
+    second = AudioChunk("c-queue", Speaker.AGENT, np.zeros(16_000, np.float32), 0.0)
+    for _ in range(5):  # chunk_queue_size 250 × 20 ms = 5 s
+        await asyncio.wait_for(session.push(second), 1)
+    blocked = asyncio.create_task(session.push(second))
+    await asyncio.sleep(0.1)
+    assert not blocked.done()  # backpressure on the bridge, not a 6th second in memory
+    session.end_input("hangup")
+    await asyncio.wait_for(blocked, 1)
+    assert session.chunks_dropped == 1 and session.audio_s == 5.0
+    await session.aclose()

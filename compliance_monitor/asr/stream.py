@@ -101,11 +101,13 @@ class SpeakerTranscriber:
     def _append(self, chunks: list[AudioChunk]) -> np.ndarray:
         parts: list[np.ndarray] = []
         end = self.buffer_end
+        budget = MAX_GAP_FILL_S  # per batch too: a burst of frames with holes must not become minutes of silence
         for chunk in chunks:
             gap = chunk.t - end
-            if gap > MIN_GAP_S:
+            if gap > MIN_GAP_S and budget > 0:
                 # Lost or late-starting frames: fill with silence so VAD time and stream time agree.
-                fill = np.zeros(round(min(gap, MAX_GAP_FILL_S) * RATE), dtype=np.float32)
+                fill = np.zeros(round(min(gap, budget) * RATE), dtype=np.float32)
+                budget -= len(fill) / RATE
                 parts.append(fill)
                 end += len(fill) / RATE
                 self.gaps_filled_s += len(fill) / RATE
