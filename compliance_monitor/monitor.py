@@ -190,6 +190,7 @@ class Monitor:
             if timer := self._grace.pop(session.bridge_call_id, None):
                 timer.cancel()
         svc.policy.end_call(session.call_id)
+        self.bridge_stats.frames_dropped += session.chunks_dropped
         content = session.content
         if content == "no_audio":
             self.bridge_stats.calls_without_audio += 1

@@ -238,3 +238,6 @@ async def test_idle_connections_are_closed_and_counted(server: LiveServer) -> No
     assert stats["bridges"]["rejected"]["start_timeout"] >= 1
     assert stats["bridges"]["rejected"]["idle_timeout"] >= 1
     assert stats["live_calls"] == 0
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        metrics = (await http.get("/api/metrics")).text
+    assert 'cm_bridge_rejected_total{reason="start_timeout"}' in metrics and "cm_live_calls 0" in metrics
