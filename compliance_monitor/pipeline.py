@@ -394,9 +394,10 @@ class CallSession:
                     reason=f"{actor}: {reason}",
                 )
             )
-        done = await self.control.halt(reason)
-        self.end_input("halted")  # also when the bridge is gone (waiting for a reconnect): the call is over
-        return done
+        try:
+            return await self.control.halt(reason)
+        finally:
+            self.end_input("halted")  # also when the bridge is gone (waiting for a reconnect): the call is over
 
     async def aclose(self) -> None:
         """Stop the transcribers' tasks of a session that never ran (its start failed)."""

@@ -50,7 +50,8 @@ class WebSocketBridge:
         if not _open(self.ws):
             return False
         if self.bridge == "pcm":
-            await self.ws.send_text(json.dumps({"event": "halt", "reason": reason}, ensure_ascii=False))
+            with contextlib.suppress(Exception):  # the peer may be gone mid-send; the close below still runs
+                await self.ws.send_text(json.dumps({"event": "halt", "reason": reason}, ensure_ascii=False))
         await self.close(CloseCode.NORMAL, "halted")
         return True
 
