@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from compliance_monitor.api.auth import bridge_allowed
@@ -23,6 +23,9 @@ from compliance_monitor.ingest.twilio import TwilioStreamParser
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+
+# What sending to a peer that has just gone raises (starlette after a close; uvicorn's ClientDisconnected).
+_PEER_GONE = (WebSocketDisconnect, RuntimeError, OSError)
 
 
 class WebSocketBridge:
@@ -50,20 +53,20 @@ class WebSocketBridge:
         if not _open(self.ws):
             return False
         if self.bridge == "pcm":
-            with contextlib.suppress(Exception):  # the peer may be gone mid-send; the close below still runs
+            with contextlib.suppress(*_PEER_GONE):  # the peer may be gone mid-send; the close below still runs
                 await self.ws.send_text(json.dumps({"event": "halt", "reason": reason}, ensure_ascii=False))
         await self.close(CloseCode.NORMAL, "halted")
         return True
 
     async def fail(self, error: ProtocolError) -> None:
         if self.bridge == "pcm" and _open(self.ws):
-            with contextlib.suppress(Exception):  # the peer may be gone mid-send; the close below says it
+            with contextlib.suppress(*_PEER_GONE):  # the peer may be gone mid-send; the close below says it
                 await self.ws.send_text(json.dumps({"event": "error", "code": error.code, "message": error.message}))
         await self.close(error.close_code, error.code)
 
     async def close(self, code: int, reason: str = "") -> None:
         if _open(self.ws):
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*_PEER_GONE):
                 await self.ws.close(code, reason[:120])
 
 
