@@ -36,6 +36,18 @@ class IngestSettings(BaseModel):
     max_sequence_gap: int = 500
     chunk_queue_size: int = Field(250, description="per speaker, 20 ms chunks (5 s) before backpressure")
     drain_timeout_s: float = Field(60.0, description="after hang-up, how long finals may take")
+    # Deadlines: a connection that never starts a call, or goes quiet, is closed (1008) instead of held.
+    start_timeout_s: float = Field(10.0, gt=0, description="from connect to a valid 'start'")
+    idle_timeout_s: float = Field(30.0, gt=0, description="longest silence on the socket once a call is live")
+    reconnect_grace_s: float = Field(
+        3.0, ge=0, description="a bridge that drops without 'stop' may reconnect with the same call id this long"
+    )
+    # What one message may make the server do (bridges/attack tests: issue 20).
+    max_json_depth: int = Field(8, ge=2, le=64, description="deepest JSON nesting in a bridge message")
+    max_number_chars: int = Field(24, ge=4, le=64, description="longest JSON number literal")
+    max_frame_s: float = Field(1.0, gt=0, le=5, description="audio in one bridge message")
+    max_gap_fill_s: float = Field(5.0, ge=0, description="a timestamp hole counts as at most this much silence")
+    max_gap_total_s: float = Field(60.0, ge=0, description="holes per track per call before the stream is refused")
 
 
 class VadSettings(BaseModel):
@@ -146,6 +158,14 @@ class AuthSettings(BaseModel):
         description="token -> role[:agent_id], role in collector|supervisor|auditor|admin|bridge",
     )
     bridge_token: SecretStr | None = None
+
+    @field_validator("bridge_token")
+    @classmethod
+    def _check_bridge_token(cls, token: SecretStr | None) -> SecretStr | None:
+        # An empty bridge token would let '?token=' through: every bridge could create calls.
+        if token is not None and token.get_secret_value().strip() in {"", "changeme"}:
+            raise ValueError("auth.bridge_token left as 'changeme' or empty")
+        return token
 
     @field_validator("tokens")
     @classmethod

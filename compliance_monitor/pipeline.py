@@ -4,8 +4,8 @@
         ─Transcript→ normalise + jieba → rules → policy → archive (first) → bus (then)
 
 ``Services`` holds what all calls share (one ASR model, rules, archive, bus). ``CallSession`` is one
-call: a task per speaker for audio and one for analysis, all cancelled together. ``Monitor`` owns
-the live calls; a call that fails is logged and ended without touching the others.
+call: a task per speaker for audio and one for analysis, all cancelled together. ``monitor.Monitor``
+owns the live calls; a call that fails is logged and ended without touching the others.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,15 +27,13 @@ from compliance_monitor.config import Settings
 from compliance_monitor.detect.calls import OmissionTracker, check_call_start, debtor_info, local_midnight
 from compliance_monitor.detect.engine import RuleSet
 from compliance_monitor.detect.model import ModelDetector
-from compliance_monitor.ingest.base import CloseCode, ProtocolError
+from compliance_monitor.ingest.base import ProtocolError
 from compliance_monitor.messages import (
     Action,
     ActionEvent,
     ActionKind,
     AudioChunk,
-    CallEndedEvent,
     CallStarted,
-    CallStartedEvent,
     Event,
     Finding,
     FindingEvent,
@@ -54,6 +51,7 @@ from compliance_monitor.text.tokenise import Tokenizer
 log = logging.getLogger(__name__)
 
 WITHDRAWN = "最终转写未出现该内容（部分转写听错或已修正）"  # why a finding raised on a partial is withdrawn
+MAX_BATCH_CHUNKS = 50  # chunks per VAD hop: one speaker's backlog must not hold the shared VAD thread for long
 
 
 class CallControl(Protocol):
@@ -107,11 +105,19 @@ class CallSession:
         self.services = services
         self.control = control
         self.halted = False
+        self.attached = True  # a bridge connection carries this call now (see Monitor.live_call)
         self.chunks_dropped = 0
+        self.audio_s = 0.0  # audio the bridge delivered: a call with none is archived as 'no_audio'
+        self.spoke = False  # a final transcript said something: until then nothing accuses the collector
+        self._deferred: list[Finding] = []  # call-start findings (calling hours, frequency), held until speech
         s = services.settings
         self._audio: dict[Speaker, asyncio.Queue[AudioChunk | None]] = {
             sp: asyncio.Queue(s.ingest.chunk_queue_size) for sp in started.speakers
         }
+        # The queue is bounded in audio too, not only in chunks: 250 one-second frames would be 16 MB a speaker.
+        self._max_queued_s = s.ingest.chunk_queue_size * 0.02
+        self._queued_s = dict.fromkeys(started.speakers, 0.0)
+        self._room = {sp: asyncio.Event() for sp in started.speakers}
         self._transcripts: asyncio.Queue[Transcript | None] = asyncio.Queue(256)
         self._transcribers = {
             sp: SpeakerTranscriber(self.call_id, sp, services.asr, s.vad, s.asr, self._transcripts)
@@ -131,6 +137,7 @@ class CallSession:
         self._ended = asyncio.Event()
         self.end_reason = "unknown"
         self.task: asyncio.Task[None] | None = None
+        self.bridge_call_id = started.call_id  # the id the bridge sent; call_id may be a new archive key (~2)
 
     # ------------------------------------------------------------------ input side
 
@@ -139,16 +146,38 @@ class CallSession:
         queue = self._audio.get(chunk.speaker)
         if queue is None:
             raise ProtocolError("unknown_speaker", f"no stream for speaker {chunk.speaker}")
+        room = self._room[chunk.speaker]
+        while self._queued_s[chunk.speaker] >= self._max_queued_s and not self._ended.is_set():
+            room.clear()
+            await room.wait()
         if self._ended.is_set():
             self.chunks_dropped += 1  # after hang-up or a pipeline failure: nothing reads it
             return
+        self.audio_s += chunk.duration
+        self._queued_s[chunk.speaker] += chunk.duration
         await queue.put(chunk)
+
+    def _taken(self, chunk: AudioChunk) -> AudioChunk:
+        self._queued_s[chunk.speaker] -= chunk.duration
+        self._room[chunk.speaker].set()
+        return chunk
+
+    @property
+    def input_ended(self) -> bool:
+        return self._ended.is_set()
+
+    @property
+    def content(self) -> str:
+        """What the call held, for the archive: 'speech', 'no_speech' or 'no_audio'."""
+        return "speech" if self.spoke else "no_speech" if self.audio_s > 0 else "no_audio"
 
     def end_input(self, reason: str) -> None:
         if self._ended.is_set():
             return
         self.end_reason = reason
         self._ended.set()
+        for room in self._room.values():
+            room.set()
         for queue in self._audio.values():
             # A full queue needs no sentinel: the speaker loop checks _ended once it has drained it.
             with contextlib.suppress(asyncio.QueueFull):
@@ -173,26 +202,32 @@ class CallSession:
             chunk = await queue.get()
             if chunk is None:
                 break
-            batch = [chunk]
-            # Whatever else is already queued goes through VAD in the same executor hop.
-            while not queue.empty():
+            batch = [self._taken(chunk)]
+            # Whatever else is already queued goes through VAD in the same executor hop, up to a bound.
+            while not queue.empty() and len(batch) < MAX_BATCH_CHUNKS:
                 nxt = queue.get_nowait()
                 if nxt is None:
                     await transcriber.push(batch)
                     await transcriber.finish()
                     return
-                batch.append(nxt)
+                batch.append(self._taken(nxt))
             await transcriber.push(batch)
         await transcriber.finish()
 
     async def _analysis_loop(self) -> None:
         while (transcript := await self._transcripts.get()) is not None:
             await self.analyse(transcript)
+        if not self.spoke:
+            return  # no audio or nothing said: an aborted or junk call accuses no collector of an omission
         for finding in self._omissions.due(self._last_t, call_over=True):
             await self._raise(finding, None)
 
     async def check_call_start(self) -> None:
-        """Calling hours and frequency, in the debtor's local time, before any audio is analysed."""
+        """Calling hours and frequency, in the debtor's local time, checked at the start of the call.
+
+        The findings are held until someone speaks (``analyse``): a call that never carries speech is not
+        a call to the debtor, and must not credit a calling-hours finding to whatever agent id the bridge sent.
+        """
         svc = self.services
         rules = svc.rules.engine.call_start_rules
         if not rules:
@@ -202,8 +237,7 @@ class CallSession:
         if debtor_id is not None:
             since = local_midnight(self.started.wall_time, tz)
             calls_today = await svc.archive.count_calls(debtor_id, since)
-        for finding in check_call_start(rules, self.started, tz, calls_today):
-            await self._raise(finding, None)
+        self._deferred = check_call_start(rules, self.started, tz, calls_today)
 
     async def analyse(self, tr: Transcript) -> None:
         svc = self.services
@@ -212,6 +246,11 @@ class CallSession:
             if tr.final:  # the final heard nothing after all
                 await self._end_unsaid(tr)
             return
+        if tr.final and not self.spoke:
+            self.spoke = True
+            for finding in self._deferred:
+                await self._raise(finding, None)
+            self._deferred = []
         segment_id = await svc.archive.add_segment(tr, text) if tr.final else None
         await self._publish_transcript(tr, text.text, segment_id)
         self._last_t = max(self._last_t, tr.t1)
@@ -356,85 +395,15 @@ class CallSession:
                     reason=f"{actor}: {reason}",
                 )
             )
-        return await self.control.halt(reason)
+        try:
+            return await self.control.halt(reason)
+        finally:
+            self.end_input("halted")  # also when the bridge is gone (waiting for a reconnect): the call is over
+
+    async def aclose(self) -> None:
+        """Stop the transcribers' tasks of a session that never ran (its start failed)."""
+        for tr in self._transcribers.values():
+            await tr.aclose()
 
     async def _publish(self, event: Event) -> None:
         await self.services.bus.publish(event)
-
-
-class Monitor:
-    """Owns the live calls. Bridges open and end calls here; the API halts them here."""
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        self.calls: dict[str, CallSession] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.on_call_done: Callable[[CallSession], Awaitable[None]] | None = None
-
-    async def open_call(self, started: CallStarted, control: CallControl) -> CallSession:
-        limit = self.services.settings.ingest.max_live_calls
-        if len(self.calls) >= limit:
-            raise ProtocolError("too_many_calls", f"{limit} live calls already", CloseCode.TRY_AGAIN_LATER)
-        if started.call_id in self.calls:
-            raise ProtocolError("duplicate_call", f"call {started.call_id} is already live")
-        session = CallSession(started, self.services, control)
-        await self.services.archive.start_call(started)
-        self.calls[started.call_id] = session
-        await self.services.bus.publish(
-            CallStartedEvent(
-                call_id=started.call_id,
-                agent_id=started.agent_id,
-                bridge=started.bridge,
-                speakers=list(started.speakers),
-                metadata=started.metadata,
-            )
-        )
-        await session.check_call_start()
-        task = asyncio.create_task(self._run_call(session), name=f"call-{started.call_id}")
-        session.task = task
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return session
-
-    async def _run_call(self, session: CallSession) -> None:
-        drain_s = self.services.settings.ingest.drain_timeout_s
-        run = asyncio.create_task(session.run(), name=f"call-{session.call_id}-stages")
-        ended = asyncio.create_task(session._ended.wait())
-        try:
-            await asyncio.wait({run, ended}, return_when=asyncio.FIRST_COMPLETED)
-            # Input is over: everything already accepted is still transcribed, within a deadline.
-            await asyncio.wait_for(run, drain_s)
-        except TimeoutError:
-            log.error("call %s: draining took longer than %.0fs; pending audio dropped", session.call_id, drain_s)
-        except asyncio.CancelledError:
-            run.cancel()
-            raise
-        except Exception:  # one broken call must not take the others down; it is logged with its id
-            log.exception("call %s failed", session.call_id)
-        finally:
-            ended.cancel()
-            session.end_input(session.end_reason if session._ended.is_set() else "pipeline_error")
-            await self._finish(session)
-
-    async def _finish(self, session: CallSession) -> None:
-        svc = self.services
-        self.calls.pop(session.call_id, None)
-        svc.policy.end_call(session.call_id)
-        await svc.archive.end_call(session.call_id, session.end_reason, time.time())
-        await svc.bus.publish(
-            CallEndedEvent(call_id=session.call_id, agent_id=session.agent_id, reason=session.end_reason)
-        )
-        if self.on_call_done:
-            await self.on_call_done(session)
-
-    async def halt(self, call_id: str, reason: str, actor: str) -> bool:
-        session = self.calls.get(call_id)
-        if session is None:
-            return False
-        return await session.halt(reason, actor)
-
-    async def aclose(self) -> None:
-        for session in list(self.calls.values()):
-            session.end_input("server_shutdown")
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,15 +53,16 @@ def free_port() -> int:
 class LiveServer:
     """The real app under uvicorn in a thread with its own event loop, as production runs it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, decoder_factory: Any = None) -> None:
         import uvicorn
 
         from compliance_monitor.api.app import create_app
 
         self.settings = settings
         self.port = settings.server.port
+        self.app = create_app(settings, decoder_factory)
         config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning", ws_max_size=4 * 1024 * 1024
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", ws_max_size=4 * 1024 * 1024
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)

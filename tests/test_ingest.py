@@ -513,3 +513,80 @@ def test_pcm_malformed_json() -> None:
     err = protocol_error(PcmStreamParser().feed_text, "start c1")
     assert err.code == "malformed_json"
     assert err.close_code == CloseCode.INVALID_PAYLOAD
+
+
+# --------------------------------------------------------------------------- limits (issue 20)
+
+
+def test_twilio_timestamp_hole_counts_as_at_most_the_fill_cap() -> None:
+    parser = started_twilio()
+    times = [
+        parser.feed_text(twilio_media(2 + i, "inbound", 1 + i, 60_000 * i, tone(FRAME, 300)))[0].t for i in range(4)
+    ]
+    # 60 s holes: each counts as 5 s after the 20 ms frame before it, so no frame brings a minute of silence
+    assert times == pytest.approx([0.0, 5.02, 10.04, 15.06])
+    assert parser.gap_fill_s["inbound"] == pytest.approx(15.0)
+
+
+def test_twilio_too_many_holes_close_the_stream() -> None:
+    parser = started_twilio()
+    with pytest.raises(ProtocolError) as info:
+        for i in range(20):
+            parser.feed_text(twilio_media(2 + i, "inbound", 1 + i, 60_000 * i, tone(FRAME, 300)))
+    assert (info.value.code, info.value.close_code) == ("timestamp_gaps", CloseCode.POLICY_VIOLATION)
+    assert parser.gap_fill_s["inbound"] <= 60
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ('{"event": "start", "x": ' + "[" * 9 + "]" * 9 + "}", "json_too_deep"),
+        ('{"event": "start", "x": ' + "9" * 25 + "}", "number_too_long"),
+        ('{"event": "start", "x": 1e400}', "number_out_of_range"),
+        ('{"event": "start", "x": NaN}', "number_out_of_range"),
+        ('{"event": "stop", "reason": "\\ud800"}', "lone_surrogate"),
+    ],
+)
+def test_json_limits_are_checked_before_or_while_parsing(text: str, code: str) -> None:
+    for parser in (TwilioStreamParser(), PcmStreamParser()):
+        err = protocol_error(parser.feed_text, text)
+        assert (err.code, err.close_code) == (code, CloseCode.INVALID_PAYLOAD)
+
+
+def test_a_paired_surrogate_escape_is_fine() -> None:
+    (started,) = PcmStreamParser().feed_text(pcm_start(metadata={"queue": "\U0001f600"}))  # json.dumps: \ud83d\ude00
+    assert started.metadata["queue"] == "\U0001f600"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"metadata": "queue=1"},
+        {"metadata": {"custom_parameters": "debtor=1"}},
+        {"metadata": {"custom_parameters": {"deep": {"x": 1}}}},
+        {"metadata": {f"k{i}": i for i in range(40)}},
+        {"agent_id": {"name": "a"}},
+        {"agent_id": "a\n7"},
+        {"call_id": "c\x00"},
+    ],
+)
+def test_pcm_start_fields_are_validated_before_any_call_exists(fields: dict[str, Any]) -> None:
+    parser = PcmStreamParser()
+    err = protocol_error(parser.feed_text, pcm_start(**fields))
+    assert err.close_code == CloseCode.INVALID_PAYLOAD
+    assert parser.call_id is None
+
+
+def test_pcm_frame_longer_than_the_limit_is_too_big() -> None:
+    err = protocol_error(started_pcm(sample_rate=8000).feed_bytes, bytes(2 * 8000 + 2))
+    assert (err.code, err.close_code) == ("frame_too_long", CloseCode.MESSAGE_TOO_BIG)
+
+
+@pytest.mark.parametrize("event", ['{"event": "dtmf", "dtmf": "5"}', '{"event": "mark", "mark": 5}'])
+def test_twilio_dtmf_and_mark_must_be_objects(event: str) -> None:
+    assert protocol_error(started_twilio().feed_text, event).close_code == CloseCode.INVALID_PAYLOAD
+
+
+def test_twilio_stereo_or_repeated_tracks_are_refused() -> None:
+    assert protocol_error(TwilioStreamParser().feed_text, twilio_start(channels=2)).code == "bad_channels"
+    assert protocol_error(TwilioStreamParser().feed_text, twilio_start(tracks=["inbound"] * 2)).code == "bad_tracks"

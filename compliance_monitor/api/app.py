@@ -21,7 +21,8 @@ from compliance_monitor.bus.redis_bus import RedisBus
 from compliance_monitor.config import BusSettings, Settings
 from compliance_monitor.detect.engine import RuleSet
 from compliance_monitor.detect.model import load_model_detector
-from compliance_monitor.pipeline import Monitor, Services
+from compliance_monitor.monitor import Monitor
+from compliance_monitor.pipeline import Services
 from compliance_monitor.policy.engine import PolicyEngine
 from compliance_monitor.resources import ui_dir
 from compliance_monitor.text.tokenise import Tokenizer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request, WebSocket, status
@@ -51,8 +52,10 @@ def require(conn: Request, settings: Settings, *roles: str) -> Principal:
 
 
 def bridge_allowed(ws: WebSocket, settings: Settings) -> bool:
+    """May this connection create calls? With auth on: only the bridge token, or a token whose role is bridge."""
     expected = settings.auth.bridge_token
     if expected is None:
         principal = principal_for(ws, settings)
         return principal is not None and principal.can("bridge")
-    return _token_from(ws) == expected.get_secret_value()
+    given = _token_from(ws)
+    return given is not None and hmac.compare_digest(given.encode(), expected.get_secret_value().encode())

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import HTTPConnection
 
 if TYPE_CHECKING:
-    from compliance_monitor.pipeline import Monitor
+    from compliance_monitor.monitor import Monitor
 
 
 def get_monitor(conn: HTTPConnection) -> Monitor:

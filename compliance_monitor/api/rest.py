@@ -6,14 +6,14 @@ import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field, TypeAdapter
 
 from compliance_monitor.api.auth import Principal, require
 from compliance_monitor.api.deps import get_monitor
 from compliance_monitor.detect.rulepack import RulePackError
 from compliance_monitor.messages import Event
-from compliance_monitor.pipeline import Monitor
+from compliance_monitor.monitor import Monitor
 
 router = APIRouter(prefix="/api")
 
@@ -41,7 +41,7 @@ async def health(monitor: MonitorDep) -> dict[str, Any]:
     svc = monitor.services
     return {
         "status": "ok",
-        "live_calls": len(monitor.calls),
+        "live_calls": monitor.live_count,
         "asr_device": svc.asr.device,
         "rules": svc.rules.engine.rule_count,
         "rules_generation": svc.rules.generation,
@@ -52,9 +52,36 @@ async def health(monitor: MonitorDep) -> dict[str, Any]:
 async def stats(monitor: MonitorDep, _: Auditor) -> dict[str, Any]:
     return {
         "asr": monitor.services.asr.stats.as_dict(),
-        "live_calls": len(monitor.calls),
+        "live_calls": monitor.live_count,
         "events_published": monitor.services.bus.published,
+        "bridges": monitor.bridge_stats.as_dict(),
     }
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(monitor: MonitorDep, _: Auditor) -> str:
+    """The bridge counters in Prometheus' text format."""
+    b = monitor.bridge_stats
+    lines = [
+        "# TYPE cm_live_calls gauge",
+        f"cm_live_calls {monitor.live_count}",
+        "# TYPE cm_bridge_connections_total counter",
+        f"cm_bridge_connections_total {b.connections}",
+        "# TYPE cm_bridge_calls_started_total counter",
+        f"cm_bridge_calls_started_total {b.calls_started}",
+        "# TYPE cm_bridge_rejected_total counter",
+        *(f'cm_bridge_rejected_total{{reason="{reason}"}} {n}' for reason, n in sorted(b.rejected.items())),
+        "# TYPE cm_bridge_bytes_total counter",
+        f"cm_bridge_bytes_total {b.bytes_in}",
+        "# TYPE cm_bridge_frames_dropped_total counter",
+        f"cm_bridge_frames_dropped_total {b.frames_dropped}",
+        "# TYPE cm_bridge_gap_fill_seconds_total counter",
+        f"cm_bridge_gap_fill_seconds_total {b.gap_fill_s:.3f}",
+        "# TYPE cm_calls_without_speech_total counter",
+        f'cm_calls_without_speech_total{{content="no_audio"}} {b.calls_without_audio}',
+        f'cm_calls_without_speech_total{{content="no_speech"}} {b.calls_without_speech}',
+    ]
+    return "\n".join(lines) + "\n"
 
 
 @router.get("/events/schema")

@@ -94,6 +94,8 @@ class Archive:
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(SCHEMA)
         _add_missing_columns(db, "findings", {"withdrawn_at": "REAL", "withdrawn_reason": "TEXT"})
+        # content: 'speech' | 'no_speech' | 'no_audio', set when the call ends (see Archive.end_call)
+        _add_missing_columns(db, "calls", {"content": "TEXT"})
         row = db.execute("SELECT hash FROM audit ORDER BY audit_id DESC LIMIT 1").fetchone()
         self._last_hash = row["hash"] if row else GENESIS
         self._db = db
@@ -127,26 +129,35 @@ class Archive:
 
     # ------------------------------------------------------------------ writes
 
-    async def start_call(self, call: CallStarted) -> None:
+    async def start_call(self, call: CallStarted) -> str:
+        """Archive a new call; returns its archive key. An id already archived is never overwritten: a call
+        that reuses one (a bridge's retry after the call ended) gets ``<call_id>~2``, ``~3``, ..."""
+
+        def write() -> str:
+            key = call.call_id
+            for n in range(2, 10_000):
+                if self.db.execute("SELECT 1 FROM calls WHERE call_id=?", (key,)).fetchone() is None:
+                    break
+                key = f"{call.call_id}~{n}"
+            metadata = call.metadata if key == call.call_id else {**call.metadata, "bridge_call_id": call.call_id}
+            self.db.execute(
+                "INSERT INTO calls(call_id, agent_id, bridge, metadata, started_at) VALUES (?,?,?,?,?)",
+                (key, call.agent_id, call.bridge, json.dumps(metadata, ensure_ascii=False), call.wall_time),
+            )
+            self._audit("call_started", key, {"agent_id": call.agent_id, "bridge": call.bridge})
+            return key
+
+        return await self._run(self._write, write)
+
+    async def end_call(self, call_id: str, reason: str, ended_at: float, content: str | None = None) -> None:
+        """``content``: 'speech', 'no_speech' (audio, nothing said) or 'no_audio' (the bridge sent none)."""
+
         def write() -> None:
             self.db.execute(
-                "INSERT OR REPLACE INTO calls(call_id, agent_id, bridge, metadata, started_at) VALUES (?,?,?,?,?)",
-                (
-                    call.call_id,
-                    call.agent_id,
-                    call.bridge,
-                    json.dumps(call.metadata, ensure_ascii=False),
-                    call.wall_time,
-                ),
+                "UPDATE calls SET ended_at=?, end_reason=?, content=? WHERE call_id=?",
+                (ended_at, reason, content, call_id),
             )
-            self._audit("call_started", call.call_id, {"agent_id": call.agent_id, "bridge": call.bridge})
-
-        await self._run(self._write, write)
-
-    async def end_call(self, call_id: str, reason: str, ended_at: float) -> None:
-        def write() -> None:
-            self.db.execute("UPDATE calls SET ended_at=?, end_reason=? WHERE call_id=?", (ended_at, reason, call_id))
-            self._audit("call_ended", call_id, {"reason": reason})
+            self._audit("call_ended", call_id, {"reason": reason, "content": content})
 
         await self._run(self._write, write)
 
@@ -274,7 +285,8 @@ class Archive:
 
         def read() -> int:
             row = self.db.execute(
-                "SELECT COUNT(*) FROM calls WHERE started_at >= ? AND (json_extract(metadata, '$.debtor_id') = ? "
+                "SELECT COUNT(*) FROM calls WHERE started_at >= ? AND COALESCE(content, 'speech') = 'speech' "
+                "AND (json_extract(metadata, '$.debtor_id') = ? "
                 "OR json_extract(metadata, '$.custom_parameters.debtor_id') = ?)",
                 (since, debtor_id, debtor_id),
             ).fetchone()

@@ -28,6 +28,7 @@ RATE = 16_000
 MIN_GAP_S = 0.01  # below half a 20 ms frame: resampler delay and rounding, not loss
 MAX_GAP_FILL_S = 5.0  # a longer hole in the stream is not filled with silence sample by sample
 MIN_PARTIAL_S = 0.6
+VAD_BATCH_S = 2.0  # the most audio one VAD inference sees (62 windows)
 
 # VAD is a small ONNX model: cheap, but still inference; keep it off the loop on a shared thread.
 _VAD_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
@@ -76,8 +77,14 @@ class SpeakerTranscriber:
         if not len(audio):
             return
         loop = asyncio.get_running_loop()
-        events = await loop.run_in_executor(_VAD_EXECUTOR, lambda: list(self.segmenter.push(audio)))
-        self._handle(events)
+        step = int(VAD_BATCH_S * RATE)
+        # Bounded VAD batches: ONNX Runtime keeps the memory of its largest input for good, and other calls'
+        # audio waits on the shared VAD thread for as long as one hop runs.
+        events: list[SegmentEvent] = []
+        for i in range(0, len(audio), step):
+            part = audio[i : i + step]
+            events += await loop.run_in_executor(_VAD_EXECUTOR, lambda part=part: list(self.segmenter.push(part)))
+        self._handle(events)  # once VAD has seen all of it: _handle trims the buffer
         self._maybe_partial()
 
     async def finish(self) -> None:
@@ -96,11 +103,13 @@ class SpeakerTranscriber:
     def _append(self, chunks: list[AudioChunk]) -> np.ndarray:
         parts: list[np.ndarray] = []
         end = self.buffer_end
+        budget = MAX_GAP_FILL_S  # per batch too: a burst of frames with holes must not become minutes of silence
         for chunk in chunks:
             gap = chunk.t - end
-            if gap > MIN_GAP_S:
+            if gap > MIN_GAP_S and budget > 0:
                 # Lost or late-starting frames: fill with silence so VAD time and stream time agree.
-                fill = np.zeros(round(min(gap, MAX_GAP_FILL_S) * RATE), dtype=np.float32)
+                fill = np.zeros(round(min(gap, budget) * RATE), dtype=np.float32)
+                budget -= len(fill) / RATE
                 parts.append(fill)
                 end += len(fill) / RATE
                 self.gaps_filled_s += len(fill) / RATE

@@ -90,7 +90,8 @@ class OmissionTracker:
 
 def debtor_info(started: CallStarted, default_tz: str) -> tuple[str | None, ZoneInfo]:
     """(debtor id, debtor time zone) from the call's metadata or the bridge's custom parameters."""
-    sources: list[dict[str, Any]] = [started.metadata, started.metadata.get("custom_parameters") or {}]
+    params = started.metadata.get("custom_parameters")
+    sources: list[dict[str, Any]] = [started.metadata, params if isinstance(params, dict) else {}]
     debtor_id = next((str(s["debtor_id"]) for s in sources if s.get("debtor_id")), None)
     tz_name = next((str(s["debtor_tz"]) for s in sources if s.get("debtor_tz")), default_tz)
     try:

@@ -186,7 +186,7 @@ class RulePackError(ValueError):
 def load_pack(path: Path) -> RulePack:
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise RulePackError(path, [f"{path}: cannot read: {exc}"]) from exc
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -195,6 +195,8 @@ def load_pack(path: Path) -> RulePack:
         mark = getattr(exc, "problem_mark", None)
         line = f"{mark.line + 1}" if mark else "?"
         raise RulePackError(path, [f"{path}:{line}: YAML syntax error: {exc}"]) from exc
+    except RecursionError:  # PyYAML recurses per nesting level: '[[[[…' is an error, not a crash (found by fuzzing)
+        raise RulePackError(path, [f"{path}: YAML nested too deeply"]) from None
     if not isinstance(data, dict):
         raise RulePackError(path, [f"{path}:1: a rule pack must be a mapping with 'pack' and 'rules'"])
     try:

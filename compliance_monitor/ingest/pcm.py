@@ -18,7 +18,18 @@ import numpy as np
 
 from compliance_monitor.audio.g711 import alaw_decode, ulaw_decode
 from compliance_monitor.audio.resample import StreamResampler, pcm16_to_float
-from compliance_monitor.ingest.base import CloseCode, IngestMessage, ProtocolError, parse_json_object
+from compliance_monitor.ingest.base import (
+    DEFAULT_LIMITS,
+    CloseCode,
+    IngestMessage,
+    ProtocolError,
+    StreamLimits,
+    check_agent_id,
+    check_call_id,
+    check_metadata,
+    check_reason,
+    parse_json_object,
+)
 from compliance_monitor.messages import AudioChunk, CallEnded, CallStarted, Speaker
 
 _WIDTH = {"s16le": 2, "mulaw": 1, "alaw": 1}
@@ -28,7 +39,8 @@ _RATES = {8000, 16000, 24000, 44100, 48000}
 class PcmStreamParser:
     bridge = "pcm"
 
-    def __init__(self) -> None:
+    def __init__(self, limits: StreamLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
         self.call_id: str | None = None
         self.channels = 1
         self.encoding = "s16le"
@@ -36,10 +48,11 @@ class PcmStreamParser:
         self.channel_map: list[Speaker] = []
         self._resamplers: list[StreamResampler] = []
         self._frames_seen = 0
+        self.gap_fill_s: dict[str, float] = {}  # none: stream time is the sample count
         self.ended = False
 
     def feed_text(self, text: str) -> list[IngestMessage]:
-        msg = parse_json_object(text)
+        msg = parse_json_object(text, self.limits)
         event = msg.get("event")
         if event == "start":
             return self._on_start(msg)
@@ -47,22 +60,21 @@ class PcmStreamParser:
             if self.call_id is None:
                 raise ProtocolError("stop_before_start", "'stop' before 'start'")
             self.ended = True
-            return [CallEnded(self.call_id, str(msg.get("reason", "stop")))]
+            return [CallEnded(self.call_id, check_reason(msg.get("reason"), "stop"))]
         raise ProtocolError("unknown_event", f"unknown event {event!r}")
 
     def _on_start(self, msg: dict[str, Any]) -> list[IngestMessage]:
         if self.call_id is not None:
             raise ProtocolError("duplicate_start", "a second 'start' on the same stream")
-        call_id = msg.get("call_id")
-        if not isinstance(call_id, str) or not call_id or len(call_id) > 128:
-            raise ProtocolError("bad_call_id", "call_id must be a non-empty string", CloseCode.INVALID_PAYLOAD)
-        encoding = str(msg.get("encoding", "s16le")).lower()
-        if encoding not in _WIDTH:
+        call_id = check_call_id(msg.get("call_id"))
+        encoding = msg.get("encoding", "s16le")
+        if not isinstance(encoding, str) or encoding.lower() not in _WIDTH:
             raise ProtocolError(
                 "unsupported_encoding",
-                f"encoding {encoding!r}; use one of {sorted(_WIDTH)}",
+                f"encoding {str(encoding)[:40]!r}; use one of {sorted(_WIDTH)}",
                 CloseCode.UNSUPPORTED_DATA,
             )
+        encoding = encoding.lower()
         rate, channels = msg.get("sample_rate", 16000), msg.get("channels", 1)
         if not isinstance(rate, int) or rate not in _RATES:
             raise ProtocolError(
@@ -73,20 +85,24 @@ class PcmStreamParser:
         default_map = ["agent", "customer"][:channels] if channels == 2 else ["agent"]
         raw_map = msg.get("channel_map", default_map)
         try:
+            if not isinstance(raw_map, list):
+                raise TypeError(raw_map)
             channel_map = [Speaker(s) for s in raw_map]
         except (TypeError, ValueError):
-            raise ProtocolError("bad_channel_map", f"channel_map {raw_map!r}", CloseCode.INVALID_PAYLOAD) from None
+            raise ProtocolError(
+                "bad_channel_map", f"channel_map {str(raw_map)[:80]}", CloseCode.INVALID_PAYLOAD
+            ) from None
         if len(channel_map) != channels or len(set(channel_map)) != channels:
             raise ProtocolError("bad_channel_map", "one distinct speaker per channel", CloseCode.INVALID_PAYLOAD)
+        agent_id = check_agent_id(msg.get("agent_id"))
+        metadata = check_metadata(msg.get("metadata"))
         self.call_id, self.encoding, self.rate, self.channels = call_id, encoding, int(rate), int(channels)
         self.channel_map = channel_map
         self._resamplers = [StreamResampler(self.rate) for _ in channel_map]
-        agent_id = msg.get("agent_id")
-        metadata = msg.get("metadata") if isinstance(msg.get("metadata"), dict) else {}
         return [
             CallStarted(
                 call_id,
-                str(agent_id) if agent_id else None,
+                agent_id,
                 self.bridge,
                 tuple(channel_map),
                 {**metadata, "encoding": encoding, "sample_rate": self.rate},
@@ -97,6 +113,12 @@ class PcmStreamParser:
         if self.call_id is None:
             raise ProtocolError("audio_before_start", "binary audio before the JSON 'start'")
         frame = _WIDTH[self.encoding] * self.channels
+        if len(data) > frame * self.rate * self.limits.max_frame_s:
+            raise ProtocolError(
+                "frame_too_long",
+                f"{len(data) // frame / self.rate:.2f} s of audio in one frame (at most {self.limits.max_frame_s:g})",
+                CloseCode.MESSAGE_TOO_BIG,
+            )
         if len(data) % frame:
             raise ProtocolError(
                 "ragged_frame",
