@@ -83,6 +83,11 @@ class RulesSettings(BaseModel):
     extra_files: list[Path] = Field(default_factory=list, description="more rule pack files to load")
     user_dict: str = "user_dict.txt"
     default_timezone: str = Field("Asia/Shanghai", description="debtor time zone when the call does not say")
+    regime: str | None = Field(
+        None,
+        description="regime to run packs under, e.g. internet_consumer_credit (GB/T 45251—2025) or "
+        "bank_consumer_loan (银行业协会 2026 指引); None: each pack's default",
+    )
     watch: bool = Field(True, description="reload rule packs when their files change")
 
 

@@ -119,7 +119,7 @@ def test_pack_loads(pack: RulePack, engine: RuleEngine) -> None:
     assert pack.pack == "cn_collection"
     assert pack.version >= 1
     assert {r.category for r in pack.rules} == {*CATEGORIES, *CALL_CATEGORIES}
-    assert engine.rule_count == len([r for r in pack.rules if r.enabled])
+    assert engine.rule_count == len(pack.in_force())
 
 
 def test_every_rule_has_explicit_positives(pack: RulePack) -> None:
@@ -480,6 +480,6 @@ def test_engine_combines_packs_and_skips_disabled_rules(tmp_path: Path, tokenize
         + rule_yaml("t.off", "keywords: [交易]", extra="enabled: false"),
     )
     engine = RuleEngine.from_files([PACK_FILE, extra])
-    assert engine.rule_count == len(load_pack(PACK_FILE).rules) + 1
+    assert engine.rule_count == len(load_pack(PACK_FILE).in_force()) + 1
     assert fired(engine, tokenizer, "交易几乎停滞", Speaker.CUSTOMER) == {"t.on"}
     assert fired(engine, tokenizer, "你就是个老赖，交易停了") == {"t.on", "abuse.insult"}

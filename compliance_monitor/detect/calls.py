@@ -85,6 +85,7 @@ class OmissionTracker:
             explanation=f"{p.rule.explanation.supervisor}（未说明：{missing}）",
             collector_explanation=f"{p.rule.explanation.collector}（未说明：{missing}）",
             action_hint=p.rule.action,
+            rule_source=p.rule.source,
         )
 
 
@@ -130,6 +131,7 @@ def check_call_start(rules: list[Rule], started: CallStarted, tz: ZoneInfo, call
                     explanation=f"{rule.explanation.supervisor}：{reason}",
                     collector_explanation=f"{rule.explanation.collector}：{reason}",
                     action_hint=rule.action,
+                    rule_source=rule.source,
                 )
             )
     return out
