@@ -201,8 +201,9 @@ def cmd_rules_eval(args: argparse.Namespace) -> int:
     files = [Path(p) for p in args.pack] if args.pack else pack_files(settings.rules)
     report = evaluate(
         load_dataset(Path(args.dataset)),
-        RuleEngine.from_files(files),
+        RuleEngine.from_files(files, regime=args.regime or settings.rules.regime),
         Tokenizer(settings.rules.dir / settings.rules.user_dict),
+        categories=args.categories.split(",") if args.categories else None,
     )
     print(
         json.dumps(report.as_dict(), ensure_ascii=False, indent=1)
@@ -353,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pack", action="append", help="pack file(s) to evaluate (default: the configured packs)")
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--errors", type=int, default=0, help="list this many false alarms and misses")
+    ev.add_argument("--regime", help="packs' regime (e.g. bank_consumer_loan; default: rules.regime, else the pack's)")
+    ev.add_argument(
+        "--categories",
+        help="comma-separated: score only these (a set labelled before a category existed, e.g. "
+        "threat,abuse,impersonation,third_party_disclosure,privacy_leak,customer_abuse for utterances_test.jsonl)",
+    )
     ev.set_defaults(func=cmd_rules_eval)
 
     evaluate = sub.add_parser("eval", help="measure detection quality").add_subparsers(dest="eval_cmd", required=True)

@@ -18,7 +18,13 @@ from compliance_monitor.detect.calls import OmissionTracker, check_call_start, d
 from compliance_monitor.detect.evaluate import Scores, check_examples, evaluate, load_dataset
 from compliance_monitor.detect.rulepack import RulePack, load_pack
 from compliance_monitor.detect.rules import RuleEngine
-from compliance_monitor.messages import CALL_CATEGORIES, CLASSIFIER_CATEGORIES, UTTERANCE_CATEGORIES, CallStarted, Speaker
+from compliance_monitor.messages import (
+    CALL_CATEGORIES,
+    CLASSIFIER_CATEGORIES,
+    UTTERANCE_CATEGORIES,
+    CallStarted,
+    Speaker,
+)
 from compliance_monitor.text.normalise import normalise
 from compliance_monitor.text.tokenise import Tokenizer
 from tests.conftest import fired

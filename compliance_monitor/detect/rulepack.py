@@ -199,7 +199,8 @@ class RulePack(_Strict):
         for rule in self.rules:
             unknown = sorted(set(rule.regimes) - set(self.regimes))
             if unknown:
-                raise ValueError(f"rule {rule.id!r}: unknown regime(s) {unknown}; the pack defines {sorted(self.regimes)}")
+                known = sorted(self.regimes)
+                raise ValueError(f"rule {rule.id!r}: unknown regime(s) {unknown}; the pack defines {known}")
         return self
 
     def in_force(self, regime: str | None = None) -> list[Rule]:
