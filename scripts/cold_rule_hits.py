@@ -53,8 +53,8 @@ def main() -> int:
     print(f"COLD safe hits: {len(hits)} of {len(lines)}")
     for rule, n in by_rule.most_common():
         print(f"  {rule:<40} {n}")
-    for fired, text in hits[: args.show]:
-        print(f"  {','.join(fired)}: {text}")
+    for rule_ids, text in hits[: args.show]:
+        print(f"  {','.join(rule_ids)}: {text}")
     return 0
 
 
