@@ -335,3 +335,10 @@ def test_quality_on_the_labelled_set(engine: RuleEngine, tokenizer: Tokenizer) -
     for s in report.categories.values():
         micro.tp, micro.fp, micro.fn = micro.tp + s.tp, micro.fp + s.fp, micro.fn + s.fn
     assert micro.precision >= MICRO[0] - MARGIN and micro.recall >= MICRO[1] - MARGIN
+
+
+def test_every_fdcpa_rule_cites_its_section(pack: RulePack) -> None:
+    for rule in pack.rules:
+        assert rule.source.strip(), rule.id
+    conduct = [r for r in pack.rules if r.category not in ("customer_abuse",)]
+    assert all("1692" in r.source or "1006" in r.source for r in conduct)
