@@ -600,3 +600,30 @@ def test_engine_combines_packs_and_skips_disabled_rules(tmp_path: Path, tokenize
     assert engine.rule_count == len(load_pack(PACK_FILE).in_force()) + 1
     assert fired(engine, tokenizer, "交易几乎停滞", Speaker.CUSTOMER) == {"t.on"}
     assert fired(engine, tokenizer, "你就是个老赖，交易停了") == {"t.on", "abuse.insult"}
+
+
+# --------------------------------------------------------------------------- what the API shows of sources and regimes
+
+
+def test_archived_findings_get_their_rules_source(engine: RuleEngine) -> None:
+    from compliance_monitor.api.rest import _with_rule_sources
+
+    call = {"findings": [{"rule_id": "improper_payment.fee_or_personal_account"}, {"rule_id": "model.threat"}]}
+    out = _with_rule_sources(call, engine.rules)
+    assert "GB/T 45251" in out["findings"][0]["rule_source"]
+    assert out["findings"][1]["rule_source"] == ""  # a model finding has no rule, so no document
+
+
+async def test_rules_listing_names_the_regime_and_what_is_in_force(pack: RulePack) -> None:
+    from types import SimpleNamespace
+
+    from compliance_monitor.api.rest import list_rules
+
+    for regime, hours_id in (("bank_consumer_loan", "hours.outside_window_bank"), (None, "hours.outside_window")):
+        rules = SimpleNamespace(engine=RuleEngine([pack], regime=regime), generation=1)
+        listing = await list_rules(SimpleNamespace(services=SimpleNamespace(rules=rules)), None)  # type: ignore[arg-type]
+        (cn,) = listing["packs"]
+        assert cn["regime"] == (regime or "internet_consumer_credit")
+        in_force = {r["id"] for r in cn["rules"] if r["in_force"]}
+        assert hours_id in in_force and {"hours.outside_window", "hours.outside_window_bank"} - in_force
+        assert all(r["source"] for r in cn["rules"])
