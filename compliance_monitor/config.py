@@ -93,7 +93,8 @@ class RulesSettings(BaseModel):
 
 class ClassifierSettings(BaseModel):
     # On held-out lines (tests/data/utterances_test.jsonl) rules OR classifier: micro F1 0.889 vs rules 0.781
-    # (models/classifier.md). Used when built (scripts/train_classifier.py); without a model, rules only.
+    # (models/classifier.md). Used when built (scripts/train_classifier.py); without one at the default path, the
+    # n-gram classifier shipped in compliance_monitor/assets/classifier_ngram (issue 19).
     enabled: bool = True
     path: Path = Field(default_factory=default_classifier_dir, description="built by scripts/train_classifier.py")
     threads: int = 1
