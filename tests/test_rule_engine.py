@@ -324,3 +324,15 @@ def test_gating_never_changes_what_fires(tokenizer: Tokenizer, pack_file: str, d
         n = normalise(text, tokenizer)
         for speaker in Speaker:
             assert fast.match(n, speaker) == slow.match(n, speaker), text
+
+
+@pytest.mark.parametrize(("consent", "fires"), [(None, True), ("true", False), ("1", False), ("no", True)])
+def test_the_debtors_consent_lifts_the_calling_hours(cn: RulePack, consent: str | None, fires: bool) -> None:
+    # GB/T 45251—2025 and the banking guideline: no calls 22:00–08:00 unless the debtor agreed
+    rules = [r for r in cn.rules if r.id == "hours.outside_window"]
+    params = {"debtor_consent": consent} if consent is not None else {}
+    started = _call(23, {"custom_parameters": params})
+    assert bool(check_call_start(rules, started, ZoneInfo("Asia/Shanghai"), None)) is fires
+    # consent is about the hour only: the day's limit still holds
+    freq = [r for r in cn.rules if r.id == "frequency.daily_limit"]
+    assert check_call_start(freq, _call(10, {"custom_parameters": params}), ZoneInfo("Asia/Shanghai"), 4)
