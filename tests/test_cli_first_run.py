@@ -175,3 +175,56 @@ def test_keyboard_interrupt_after_the_server_stopped_exits_zero(
     monkeypatch.setattr(cli, "_settings", lambda args: Settings())
     assert cli.main(["demo"]) == 0
     assert "demo stopped" in capsys.readouterr().out
+
+
+DEMO_UNDER_CTRL_C = r"""
+import asyncio, sys
+from fastapi import FastAPI
+import compliance_monitor.api.app as app_mod
+import compliance_monitor.ingest.replay as replay_mod
+from compliance_monitor import cli
+
+app = FastAPI()
+
+@app.get("/api/health")
+async def health() -> dict:
+    return {"ok": True}
+
+async def stream_forever(path, url, **kw):  # a call that is still streaming when Ctrl-C comes
+    print("STREAMING", flush=True)
+    await asyncio.sleep(3600)
+
+app_mod.preflight = lambda settings: None  # no ASR model here
+app_mod.create_app = lambda settings: app
+replay_mod.replay = stream_forever
+sys.exit(cli.main(["demo", "--port", sys.argv[1]]))
+"""
+
+
+def test_ctrl_c_ends_a_real_demo_server_with_exit_0_and_no_traceback(tmp_path: Path) -> None:
+    """The real uvicorn signal handling (it catches SIGINT, shuts down, then re-raises it), a stand-in app."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import free_port
+
+    script = tmp_path / "demo_ctrl_c.py"
+    script.write_text(DEMO_UNDER_CTRL_C, encoding="utf-8")
+    env = {**os.environ, "CM_ARCHIVE__PATH": str(tmp_path / "a.sqlite3")}
+    cmd = [sys.executable, str(script), str(free_port())]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while "STREAMING" not in proc.stdout.readline():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err and "ConnectionRefusedError" not in err
+    assert "demo stopped" in out
