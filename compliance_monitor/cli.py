@@ -117,9 +117,9 @@ async def _replay(args: argparse.Namespace) -> tuple[ReplayResult, int | None]:
         watcher = asyncio.create_task(
             watch_call(feed, call_id, show, token=args.console_token or args.token, connected=connected)
         )
-        done, _ = await asyncio.wait(
-            {watcher, asyncio.create_task(connected.wait())}, timeout=10, return_when=asyncio.FIRST_COMPLETED
-        )
+        waiting = asyncio.create_task(connected.wait())
+        done, _ = await asyncio.wait({watcher, waiting}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
         if watcher in done or not connected.is_set():
             reason = watcher.exception() if watcher.done() and not watcher.cancelled() else "no answer"
             print(f"note: cannot read findings from {feed} ({reason}); streaming without them", file=sys.stderr)
