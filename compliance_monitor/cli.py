@@ -1,4 +1,4 @@
-"""``compliance-monitor serve | replay | demo``."""
+"""The compliance-monitor command line: serve the monitor, stream calls into it, check and measure detection."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compliance_monitor.asr.prompt import PROMPTS
 from compliance_monitor.config import ServerSettings, Settings, load_settings
 from compliance_monitor.resources import assets_dir
 
 log = logging.getLogger("compliance_monitor")
+
+if TYPE_CHECKING:
+    from compliance_monitor.ingest.replay import ReplayResult
 
 DEMO_CALL = "demo_call.wav"
 
@@ -73,20 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from compliance_monitor.ingest.replay import replay
-
-    speed = 0.0 if args.fast else args.speed
-    result = asyncio.run(
-        replay(
-            Path(args.file),
-            args.url or _default_url(args.bridge),
-            bridge=args.bridge,
-            speed=speed,
-            call_id=args.call_id,
-            agent_id=args.agent_id,
-            token=args.token,
-        )
-    )
+    result, findings = asyncio.run(_replay(args))
     print(
         json.dumps(
             {
@@ -94,12 +85,64 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 "audio_s": round(result.audio_s, 2),
                 "frames_sent": result.frames_sent,
                 "close_code": result.closed_code,
+                "findings": findings,
                 "server_messages": result.server_messages,
             },
             ensure_ascii=False,
         )
     )
     return 0
+
+
+async def _replay(args: argparse.Namespace) -> tuple[ReplayResult, int | None]:
+    """Stream the file and, unless --no-findings, print the call's findings and actions from the console feed
+    as they come; returns the replay result and the number of findings (None when the feed was not read)."""
+    import uuid
+
+    from compliance_monitor.ingest.replay import console_url, describe_event, replay, watch_call
+
+    url = args.url or _default_url(args.bridge)
+    call_id = args.call_id or f"CA{uuid.uuid4().hex}"
+    findings = 0
+
+    def show(event: dict[str, object]) -> None:
+        nonlocal findings
+        findings += event["type"] == "finding"
+        print(describe_event(event), flush=True)
+
+    watcher: asyncio.Task[int | None] | None = None
+    if not args.no_findings:
+        connected = asyncio.Event()
+        feed = console_url(url)
+        watcher = asyncio.create_task(
+            watch_call(feed, call_id, show, token=args.console_token or args.token, connected=connected)
+        )
+        waiting = asyncio.create_task(connected.wait())
+        done, _ = await asyncio.wait({watcher, waiting}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if watcher in done or not connected.is_set():
+            reason = watcher.exception() if watcher.done() and not watcher.cancelled() else "no answer"
+            print(f"note: cannot read findings from {feed} ({reason}); streaming without them", file=sys.stderr)
+            watcher.cancel()
+            watcher = None
+    result = await replay(
+        Path(args.file),
+        url,
+        bridge=args.bridge,
+        speed=0.0 if args.fast else args.speed,
+        call_id=call_id,
+        agent_id=args.agent_id,
+        token=args.token,
+    )
+    if watcher is None:
+        return result, None
+    try:  # the last segments are still being transcribed when the audio ends
+        closed = await asyncio.wait_for(watcher, timeout=args.wait)
+        if closed is not None:
+            print(f"note: the console feed closed ({closed}) before the call ended", file=sys.stderr)
+    except TimeoutError:
+        print(f"note: no call_ended within {args.wait:.0f}s of the audio's end; findings so far shown", file=sys.stderr)
+    return result, findings
 
 
 def cmd_mic(args: argparse.Namespace) -> int:
@@ -124,45 +167,70 @@ def _default_url(bridge: str, host: str = "127.0.0.1", port: int = 8000) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    return asyncio.run(_demo(settings, args))
+    try:
+        return asyncio.run(_demo(settings, args))
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn stops the server, then re-raises the signal it caught
+        print("\n  demo stopped.", flush=True)
+        return 0
 
 
 async def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from compliance_monitor.ingest.replay import replay
-
     stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     server = asyncio.create_task(_serve(settings, stop))
-    await _wait_until_up(settings)
+    up = asyncio.create_task(_wait_until_up(settings))
+    await asyncio.wait({server, up}, return_when=asyncio.FIRST_COMPLETED)
+    if server.done():  # stopped (Ctrl-C) or failed before it answered
+        up.cancel()
+        server.result()  # a failure is raised here
+        return 0
+    up.result()
     base = f"http://{settings.server.host}:{settings.server.port}"
     print(
         f"\n  Supervisor console:  {base}/\n  Collector panel:     {base}/agent?agent_id=A1001\n"
-        f"  Auditor search:      {base}/search\n",
+        f"  Auditor search:      {base}/search\n  (Ctrl-C stops the demo)\n",
         flush=True,
     )
+    streaming = asyncio.create_task(_stream_demo_calls(settings, args))
+    try:
+        # Ctrl-C is caught by uvicorn, which shuts the server down: that, not an error from the next
+        # connection attempt, is how the demo learns it should end.
+        await asyncio.wait({server, streaming}, return_when=asyncio.FIRST_COMPLETED)
+        if server.done():
+            streaming.cancel()
+            await asyncio.gather(streaming, return_exceptions=True)
+            server.result()
+            print("\n  demo stopped.", flush=True)
+            return 0
+        streaming.result()
+    finally:
+        if not stop.done():
+            stop.set_result(None)
+        await asyncio.gather(server, return_exceptions=True)
+    return 0
+
+
+async def _stream_demo_calls(settings: Settings, args: argparse.Namespace) -> None:
+    from compliance_monitor.ingest.replay import replay
+
     call_file = Path(args.file) if args.file else assets_dir() / DEMO_CALL
     url = _default_url(args.bridge, settings.server.host, settings.server.port)
-    try:
-        round_no = 0
-        while True:
-            round_no += 1
-            print(f"  streaming demo call {round_no} ({call_file.name}) over the {args.bridge} bridge...", flush=True)
-            await replay(
-                call_file,
-                url,
-                bridge=args.bridge,
-                speed=args.speed,
-                call_id=f"demo-{round_no}",
-                agent_id="A1001",
-                tail_silence_s=1.0,
-            )
-            if args.once:
-                await asyncio.sleep(args.linger)
-                break
-            await asyncio.sleep(5)
-    finally:
-        stop.set_result(None)
-        await server
-    return 0
+    round_no = 0
+    while True:
+        round_no += 1
+        print(f"  streaming demo call {round_no} ({call_file.name}) over the {args.bridge} bridge...", flush=True)
+        await replay(
+            call_file,
+            url,
+            bridge=args.bridge,
+            speed=args.speed,
+            call_id=f"demo-{round_no}",
+            agent_id="A1001",
+            tail_silence_s=1.0,
+        )
+        if args.once:
+            await asyncio.sleep(args.linger)
+            return
+        await asyncio.sleep(5)
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
@@ -201,8 +269,9 @@ def cmd_rules_eval(args: argparse.Namespace) -> int:
     files = [Path(p) for p in args.pack] if args.pack else pack_files(settings.rules)
     report = evaluate(
         load_dataset(Path(args.dataset)),
-        RuleEngine.from_files(files),
+        RuleEngine.from_files(files, regime=args.regime or settings.rules.regime),
         Tokenizer(settings.rules.dir / settings.rules.user_dict),
+        categories=args.categories.split(",") if args.categories else None,
     )
     print(
         json.dumps(report.as_dict(), ensure_ascii=False, indent=1)
@@ -353,33 +422,48 @@ async def _asr_live(args: argparse.Namespace, settings: Settings, clips: list) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compliance-monitor", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="compliance-monitor",
+        description="Real-time compliance monitor for debt-collection calls: transcribes both sides of a call, "
+        "checks what is said against rule packs (and the classifier, when built) and alerts collectors and "
+        "supervisors.",
+        epilog="First time? `compliance-monitor demo` serves the monitor and streams a bundled call "
+        f"(compliance_monitor/assets/{DEMO_CALL}); open http://127.0.0.1:8000/. "
+        "`compliance-monitor COMMAND -h` describes a command.",
+    )
     parser.add_argument("--config", type=Path, help="TOML or YAML settings file (env CM_* overrides it)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the monitor (bridges, console, API)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8000)")
     serve.set_defaults(func=cmd_serve)
 
     rep = sub.add_parser("replay", help="stream a wav file into a running monitor as a bridge would")
-    rep.add_argument("file")
-    rep.add_argument("--bridge", choices=["twilio", "pcm"], default="twilio")
+    rep.add_argument(
+        "file", help=f"wav file, stereo: agent left, customer right (try compliance_monitor/assets/{DEMO_CALL})"
+    )
+    rep.add_argument("--bridge", choices=["twilio", "pcm"], default="twilio", help="protocol to speak (default twilio)")
     rep.add_argument("--url", help="bridge websocket URL (default ws://127.0.0.1:8000/bridge/BRIDGE)")
     rep.add_argument("--speed", type=float, default=1.0, help="1 = real time (default), 2 = twice as fast")
     rep.add_argument("--fast", action="store_true", help="no pacing at all")
     rep.add_argument("--realtime", dest="fast", action="store_false", help="real-time pace (the default)")
-    rep.add_argument("--call-id")
-    rep.add_argument("--agent-id", default="A1001")
+    rep.add_argument("--call-id", help="call id to send (default: a random CA… id)")
+    rep.add_argument("--agent-id", default="A1001", help="collector id the call belongs to (default A1001)")
     rep.add_argument("--token", help="bridge token, if the server requires one")
+    rep.add_argument("--console-token", help="supervisor token for reading the findings (default: --token)")
+    rep.add_argument("--no-findings", action="store_true", help="do not read and print the call's findings")
+    rep.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to wait after the audio for the call's last findings"
+    )
     rep.set_defaults(func=cmd_replay)
 
     mic = sub.add_parser("mic", help="stream a local microphone into a running monitor (PCM bridge)")
     mic.add_argument("--url", help="default ws://127.0.0.1:8000/bridge/pcm")
     mic.add_argument("--device", help="input device name or index (python -m sounddevice lists them)")
-    mic.add_argument("--call-id")
-    mic.add_argument("--agent-id", default="A1001")
+    mic.add_argument("--call-id", help="call id to send (default: a random one)")
+    mic.add_argument("--agent-id", default="A1001", help="collector id the call belongs to (default A1001)")
     mic.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C)")
     mic.set_defaults(func=cmd_mic)
 
@@ -387,24 +471,30 @@ def build_parser() -> argparse.ArgumentParser:
         dest="rules_cmd", required=True
     )
     check = rules.add_parser("check", help="validate packs and run the examples inside them")
-    check.add_argument("files", nargs="+")
+    check.add_argument("files", nargs="+", help="rule pack YAML file(s), e.g. rules/cn_collection.yaml")
     check.set_defaults(func=cmd_rules_check)
     ev = rules.add_parser("eval", help="precision/recall/F1 per category and per rule on labelled utterances")
     ev.add_argument("dataset", help="JSONL: text, speaker, labels")
     ev.add_argument("--pack", action="append", help="pack file(s) to evaluate (default: the configured packs)")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--json", action="store_true", help="machine-readable output")
     ev.add_argument("--errors", type=int, default=0, help="list this many false alarms and misses")
+    ev.add_argument("--regime", help="packs' regime (e.g. bank_consumer_loan; default: rules.regime, else the pack's)")
+    ev.add_argument(
+        "--categories",
+        help="comma-separated: score only these (a set labelled before a category existed, e.g. "
+        "threat,abuse,impersonation,third_party_disclosure,privacy_leak,customer_abuse for utterances_test.jsonl)",
+    )
     ev.set_defaults(func=cmd_rules_eval)
 
     evaluate = sub.add_parser("eval", help="measure detection quality").add_subparsers(dest="eval_cmd", required=True)
     calls = evaluate.add_parser("calls", help="stream labelled calls through the bridge and score the alerts")
     calls.add_argument("manifest", help="manifest.jsonl of labelled calls (see ../shared/calls/dev/README.md)")
-    calls.add_argument("--bridge", choices=["twilio", "pcm"], default="twilio")
-    calls.add_argument("--concurrency", type=int, default=2)
+    calls.add_argument("--bridge", choices=["twilio", "pcm"], default="twilio", help="protocol to speak")
+    calls.add_argument("--concurrency", type=int, default=2, help="calls streamed at once (default 2)")
     calls.add_argument("--speed", type=float, default=1.0, help="1 = real time")
     calls.add_argument("--url", help="ws://host:port of a running monitor (default: start one in-process)")
     calls.add_argument("--call", action="append", help="only this call id (repeatable)")
-    calls.add_argument("--json", action="store_true")
+    calls.add_argument("--json", action="store_true", help="machine-readable output")
     calls.set_defaults(func=cmd_eval_calls)
 
     clf = sub.add_parser("classifier", help="the utterance classifier").add_subparsers(dest="clf_cmd", required=True)
@@ -420,13 +510,19 @@ def build_parser() -> argparse.ArgumentParser:
     clf_eval.add_argument(
         "--context", type=int, help="previous segments the classifier joins (default: classifier.context)"
     )
-    clf_eval.add_argument("--json", action="store_true")
+    clf_eval.add_argument("--json", action="store_true", help="machine-readable output")
     clf_eval.set_defaults(func=cmd_classifier_eval)
 
     asr = sub.add_parser("asr", help="measure speech recognition").add_subparsers(dest="asr_cmd", required=True)
     asr_eval = asr.add_parser("eval", help="CER and RTF over a manifest of real recordings")
     asr_eval.add_argument("manifest", help="JSONL: audio, reference, kind, source, licence")
-    asr_eval.add_argument("--condition", nargs="+", choices=["clean", "telephone"], default=["clean", "telephone"])
+    asr_eval.add_argument(
+        "--condition",
+        nargs="+",
+        choices=["clean", "telephone"],
+        default=["clean", "telephone"],
+        help="audio as recorded, and/or through 8 kHz μ-law as a phone line carries it",
+    )
     asr_eval.add_argument(
         "--mode",
         nargs="+",
@@ -452,15 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
     asr_eval.add_argument("--url", help="live mode: a running monitor (ws://host:port); default: start one here")
     asr_eval.add_argument("--speed", type=float, default=1.0, help="live mode: 1 = real time")
     asr_eval.add_argument("--concurrency", type=int, default=2, help="live mode: clips streamed at once")
-    asr_eval.add_argument("--json", action="store_true")
+    asr_eval.add_argument("--json", action="store_true", help="machine-readable output")
     asr_eval.set_defaults(func=cmd_asr_eval)
 
     demo = sub.add_parser("demo", help="serve and stream a bundled collection call through the bridge")
-    demo.add_argument("--host")
-    demo.add_argument("--port", type=int)
-    demo.add_argument("--bridge", choices=["twilio", "pcm"], default="twilio")
+    demo.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
+    demo.add_argument("--port", type=int, help="port to listen on (default: server.port, 8000)")
+    demo.add_argument("--bridge", choices=["twilio", "pcm"], default="twilio", help="protocol to stream the call over")
     demo.add_argument("--file", help="another wav to stream instead of the bundled call")
-    demo.add_argument("--speed", type=float, default=1.0)
+    demo.add_argument("--speed", type=float, default=1.0, help="1 = real time (default), 2 = twice as fast")
     demo.add_argument("--once", action="store_true", help="play the call once, then exit")
     demo.add_argument("--linger", type=float, default=3.0, help="with --once: seconds to keep serving after")
     demo.set_defaults(func=cmd_demo)

@@ -103,12 +103,18 @@ class RulesSettings(BaseModel):
     extra_files: list[Path] = Field(default_factory=list, description="more rule pack files to load")
     user_dict: str = "user_dict.txt"
     default_timezone: str = Field("Asia/Shanghai", description="debtor time zone when the call does not say")
+    regime: str | None = Field(
+        None,
+        description="regime to run packs under, e.g. internet_consumer_credit (GB/T 45251—2025) or "
+        "bank_consumer_loan (银行业协会 2026 指引); None: each pack's default",
+    )
     watch: bool = Field(True, description="reload rule packs when their files change")
 
 
 class ClassifierSettings(BaseModel):
     # On held-out lines (tests/data/utterances_test.jsonl) rules OR classifier: micro F1 0.889 vs rules 0.781
-    # (models/classifier.md). Used when built (scripts/train_classifier.py); without a model, rules only.
+    # (models/classifier.md). Used when built (scripts/train_classifier.py); without one at the default path, the
+    # n-gram classifier shipped in compliance_monitor/assets/classifier_ngram (issue 19).
     enabled: bool = True
     path: Path = Field(default_factory=default_classifier_dir, description="built by scripts/train_classifier.py")
     threads: int = 1

@@ -16,7 +16,11 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 # One category vocabulary for rule packs, the classifier, console events, the archive and every report.
-UTTERANCE_CATEGORIES = ("threat", "abuse", "impersonation", "third_party_disclosure", "privacy_leak", "customer_abuse")
+# The first six are what the utterance classifier is trained on (CLASSIFIER_CATEGORIES); the last three come from
+# GB/T 45251—2025 and the banking association's 2026 guideline and are, so far, rules only.
+CLASSIFIER_CATEGORIES = ("threat", "abuse", "impersonation", "third_party_disclosure", "privacy_leak", "customer_abuse")
+STANDARD_CATEGORIES = ("misrepresentation", "induced_borrowing", "improper_payment")
+UTTERANCE_CATEGORIES = CLASSIFIER_CATEGORIES + STANDARD_CATEGORIES
 CALL_CATEGORIES = ("missing_disclosure", "calling_hours", "call_frequency")  # decided per call, not per turn
 
 
@@ -135,6 +139,7 @@ class Finding:
     source: Literal["rule", "model"] = "rule"
     score: float = 1.0
     action_hint: ActionKind | None = None
+    rule_source: str = ""  # the rule's `source`: the document and clause it enforces ("" for model findings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +194,7 @@ class FindingEvent(_EventBase):
     collector_explanation: str
     source: Literal["rule", "model"]
     score: float
+    rule_source: str = Field("", description="the document and clause the rule enforces; empty for model findings")
 
 
 class FindingWithdrawnEvent(_EventBase):

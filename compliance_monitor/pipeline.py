@@ -351,6 +351,7 @@ class CallSession:
                 collector_explanation=finding.collector_explanation,
                 source=finding.source,
                 score=finding.score,
+                rule_source=finding.rule_source,
             )
         )
         for action in svc.policy.decide(finding):

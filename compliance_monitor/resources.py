@@ -32,3 +32,9 @@ def assets_dir() -> Path:
 
 def default_classifier_dir() -> Path:
     return _PACKAGE_DIR.parent / "models" / "classifier"
+
+
+def bundled_classifier_dir() -> Path:
+    """The small character n-gram classifier shipped with the package (0.8 MB): in force when no full classifier
+    has been built at the default path (``scripts/train_classifier.py --ngram-only``, see models/classifier.md)."""
+    return assets_dir() / "classifier_ngram"

@@ -94,6 +94,8 @@ DURATION_RANGE_S = (30.0, 70.0)
 
 CHANNEL = {"agent": 0, "customer": 1}
 AGENT_LABELS = {"threat", "abuse", "impersonation", "third_party_disclosure", "privacy_leak"}
+# GB/T 45251—2025 and the banking association's 2026 guideline (rules only so far; compliance_monitor.messages)
+AGENT_LABELS |= {"misrepresentation", "induced_borrowing", "improper_payment"}
 CUSTOMER_LABELS = {"customer_abuse"}
 PII_TYPES = {"id_number", "bank_card", "phone"}
 PII_GROUPS = {"id_number": (6, 8, 4), "bank_card": (4, 4, 4, 4), "phone": (3, 4, 4)}

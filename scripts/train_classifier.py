@@ -3,6 +3,10 @@
     .venv/bin/python scripts/make_classifier_data.py          # → tests/data/classifier_train_extra.jsonl
     .venv/bin/python scripts/train_classifier.py --out models/classifier
     .venv/bin/python scripts/train_classifier.py --eval-only --eval-test --out models/classifier   # once, at the end
+    # the n-gram classifier shipped in the package (served when models/classifier is not built), under a minute:
+    .venv/bin/python scripts/train_classifier.py --ngram-only --max-features 20000 \
+        --dev tests/data/utterances_dev.jsonl tests/data/utterances_standard_dev.jsonl \
+        --out compliance_monitor/assets/classifier_ngram
 
 Training data: COLD train (offensive → ``abuse`` as agent and ``customer_abuse`` as customer; safe → no label, random
 speaker) + the collection text (``--extra``: generated from templates, and hand-written), the latter repeated
@@ -287,6 +291,41 @@ def set_metrics(preds: list[set[str]], data: list[Row]) -> dict[str, dict[str, f
 # --------------------------------------------------------------------------- main
 
 
+def build_ngram_only(
+    rows: list[Row], cold_dev: list[tuple[str, int]], dev: list[Row], out: Path, max_features: int | None
+) -> None:
+    """The n-gram model alone, calibrated on dev like the full classifier, saved where the classifier is loaded."""
+    t0 = time.monotonic()
+    ngram = TfidfBaseline().fit(rows).export()
+    fit_s = time.monotonic() - t0
+    n_all = len(ngram.vocab)
+    if max_features:
+        ngram = ngram.pruned(max_features)
+    clf = UtteranceClassifier(None, [], ngram=ngram, threads=1)
+    cold_s = clf.predict([t for t, _ in cold_dev], ["agent"] * len(cold_dev))
+    acc = sum((x["abuse"] >= 0.5) == bool(y) for x, (_, y) in zip(cold_s, cold_dev, strict=True)) / len(cold_dev)
+    dev_scores = clf.predict([t for t, _, _ in dev], [s for _, s, _ in dev])
+    thr = calibrate(dev_scores, dev)
+    clf.thresholds = thr
+    mc = label_metrics(dev_scores, dev, thr)
+    print(fmt(mc, "dev (pooled), n-gram model, calibrated thresholds", thr))
+    metrics = {
+        "kind": "ngram-only",
+        "fit_seconds": round(fit_s, 1),
+        "ngrams": len(ngram.vocab),
+        "ngrams_before_pruning": n_all,
+        "cold_dev_accuracy": round(acc, 4),
+        "thresholds": thr,
+        "dev_calibrated": mc,
+    }
+    clf.save(out, metrics)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(
+        f"n-gram model: fitted in {fit_s:.0f}s, {len(ngram.vocab)} of {n_all} n-grams, COLD dev accuracy {acc:.4f}; "
+        f"{size / 1e6:.1f} MB in {out}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "models/classifier")
@@ -297,7 +336,13 @@ def main() -> None:
         default=[ROOT / "tests/data/classifier_train_extra.jsonl", ROOT / "tests/data/classifier_train_written.jsonl"],
         help="collection-domain training text (missing files are skipped)",
     )
-    ap.add_argument("--dev", type=Path, default=ROOT / "tests/data/utterances_dev.jsonl")
+    ap.add_argument(
+        "--dev",
+        type=Path,
+        nargs="+",
+        default=[ROOT / "tests/data/utterances_dev.jsonl"],
+        help="labelled lines to calibrate the thresholds on (several files are pooled)",
+    )
     ap.add_argument("--test", type=Path, default=ROOT / "tests/data/utterances_test.jsonl")
     ap.add_argument("--cold", type=Path, default=COLD_DIR)
     ap.add_argument("--extra-copies", type=int, default=8)
@@ -310,6 +355,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--eval-only", action="store_true", help="load --out instead of training")
+    ap.add_argument(
+        "--ngram-only",
+        action="store_true",
+        help="build only the character n-gram model (seconds, not minutes: what an install can afford)",
+    )
+    ap.add_argument("--max-features", type=int, help="with --ngram-only: keep this many n-grams (a smaller file)")
     ap.add_argument("--eval-test", action="store_true", help="also evaluate on the held-out test set (once!)")
     args = ap.parse_args()
 
@@ -318,7 +369,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = training_rows(args.extra, args.cold, args.extra_copies, args.fragment_copies, args.seed)
     cold_dev = load_cold(args.cold / "dev.csv")
-    dev = load_jsonl(args.dev)
+    dev = [row for path in args.dev for row in load_jsonl(path)]
+
+    if args.ngram_only:
+        build_ngram_only(rows, cold_dev, dev, args.out, args.max_features)
+        return
 
     metrics: dict[str, object] = {}
     if args.eval_only:

@@ -18,7 +18,13 @@ from compliance_monitor.detect.calls import OmissionTracker, check_call_start, d
 from compliance_monitor.detect.evaluate import Scores, check_examples, evaluate, load_dataset
 from compliance_monitor.detect.rulepack import RulePack, load_pack
 from compliance_monitor.detect.rules import RuleEngine
-from compliance_monitor.messages import CALL_CATEGORIES, UTTERANCE_CATEGORIES, CallStarted, Speaker
+from compliance_monitor.messages import (
+    CALL_CATEGORIES,
+    CLASSIFIER_CATEGORIES,
+    UTTERANCE_CATEGORIES,
+    CallStarted,
+    Speaker,
+)
 from compliance_monitor.text.normalise import normalise
 from compliance_monitor.text.tokenise import Tokenizer
 from tests.conftest import fired
@@ -68,7 +74,8 @@ def categories(engine: RuleEngine, tokenizer: Tokenizer, sentence: str, speaker:
 
 def test_pack_loads_with_the_agreed_categories(pack: RulePack) -> None:
     assert pack.pack == "us_fdcpa" and pack.language == "en"
-    assert {r.category for r in pack.rules} == {*UTTERANCE_CATEGORIES, *CALL_CATEGORIES}
+    # the Chinese standard's three new categories (misrepresentation, …) have no FDCPA counterpart rules yet
+    assert {r.category for r in pack.rules} == {*CLASSIFIER_CATEGORIES, *CALL_CATEGORIES}
     assert all(r.id.startswith("fdcpa.") for r in pack.rules)  # loadable next to cn_collection
     kinds = {r.kind for r in pack.rules}
     assert kinds == {"utterance", "omission", "call_start"}
@@ -76,7 +83,7 @@ def test_pack_loads_with_the_agreed_categories(pack: RulePack) -> None:
 
 def test_can_be_loaded_next_to_the_chinese_pack(pack: RulePack) -> None:
     both = RuleEngine([load_pack(REPO / "rules" / "cn_collection.yaml"), pack])
-    assert both.rule_count == len(pack.rules) + len(load_pack(REPO / "rules" / "cn_collection.yaml").rules)
+    assert both.rule_count == len(pack.rules) + len(load_pack(REPO / "rules" / "cn_collection.yaml").in_force())
 
 
 def test_every_utterance_rule_has_examples_and_explanations(pack: RulePack) -> None:
@@ -328,3 +335,10 @@ def test_quality_on_the_labelled_set(engine: RuleEngine, tokenizer: Tokenizer) -
     for s in report.categories.values():
         micro.tp, micro.fp, micro.fn = micro.tp + s.tp, micro.fp + s.fp, micro.fn + s.fn
     assert micro.precision >= MICRO[0] - MARGIN and micro.recall >= MICRO[1] - MARGIN
+
+
+def test_every_fdcpa_rule_cites_its_section(pack: RulePack) -> None:
+    for rule in pack.rules:
+        assert rule.source.strip(), rule.id
+    conduct = [r for r in pack.rules if r.category not in ("customer_abuse",)]
+    assert all("1692" in r.source or "1006" in r.source for r in conduct)

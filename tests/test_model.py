@@ -150,3 +150,53 @@ def test_only_finals_a_short_pause_apart_are_joined() -> None:
     assert [t.text for t in _same_breath(history, 13.0, 2.0)] == ["你要是今天还不还", "我跟你讲"]
     assert _same_breath(history, 20.0, 2.0) == ()  # after a long silence: a new sentence
     assert _same_breath([], 1.0, 2.0) == ()
+
+
+# --------------------------------------------------------------------------- the classifier a fresh install runs
+
+
+def test_a_fresh_install_runs_the_bundled_ngram_classifier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import compliance_monitor.resources as resources
+
+    default = tmp_path / "models" / "classifier"  # not built, as after `make install`
+    monkeypatch.setattr(resources, "default_classifier_dir", lambda: default)
+    with caplog.at_level("INFO"):
+        detector = load_model_detector(default, threads=1, labels=["threat", "abuse"])
+    assert detector is not None and detector.labels == {"threat", "abuse"}
+    assert "bundled n-gram classifier" in caplog.text
+    detector.close()
+    # a path someone configured and did not build is not silently replaced
+    assert load_model_detector(tmp_path / "elsewhere", threads=1) is None
+
+
+def test_the_bundled_ngram_classifier_scores_collection_lines() -> None:
+    from compliance_monitor.detect.classifier import UtteranceClassifier
+    from compliance_monitor.resources import bundled_classifier_dir
+
+    clf = UtteranceClassifier.load(bundled_classifier_dir(), threads=1)
+    assert clf.model is None and "threat" in clf.labels
+    threat, lawful, swearing = clf.predict(
+        ["你再不还钱，我就找人上门收拾你全家", "您好，这边提醒您本月账单已出，请按时还款", "你他妈的傻逼"],
+        ["agent", "agent", "agent"],
+    )
+    assert ("threat", threat["threat"]) in clf.above_threshold(threat)
+    assert clf.above_threshold(lawful) == []
+    assert swearing["customer_abuse"] == 0.0  # an agent line is never customer abuse
+    assert 0.5 <= clf.thresholds["threat"] <= 1.0
+
+
+def test_pruning_keeps_the_heaviest_ngrams() -> None:
+    import numpy as np
+
+    from compliance_monitor.detect.ngram import NgramModel
+
+    vocab = {"滚": 0, "你": 1, "好": 2, "钱": 3}
+    coef = np.array([[3.0, 0.1, -2.0, 0.2]], dtype=np.float32)
+    model = NgramModel(vocab, np.ones(4, np.float32), coef, np.zeros(1, np.float32), ["abuse"])
+    small = model.pruned(2)
+    assert set(small.vocab) == {"滚", "好"} and small.coef.shape == (1, 2)
+    assert small.coef[0, small.vocab["滚"]] == 3.0 and small.coef[0, small.vocab["好"]] == -2.0
+    assert model.pruned(10) is model
+    assert small.predict_one("滚")["abuse"] > 0.9 and small.predict_one("钱")["abuse"] == 0.5

@@ -173,3 +173,15 @@ def test_end_call_resets_state(policy: PolicyEngine) -> None:
     assert policy.is_new(f)
     assert kinds(policy.decide(f)) == [WARN, ALERT, HALT]
     policy.end_call("never-started")  # harmless
+
+
+def test_the_standards_new_categories_warn_and_alert_as_their_pack_severity_says(policy: PolicyEngine) -> None:
+    from compliance_monitor.detect.rulepack import load_pack
+    from tests.test_rules import PACK_FILE
+
+    pack = load_pack(PACK_FILE)
+    for n, category in enumerate(("misrepresentation", "induced_borrowing", "improper_payment")):
+        (rule,) = [r for r in pack.rules if r.category == category]
+        f = finding(rule.severity, rule_id=rule.id, call_id=f"call-{category}", segment_no=n)
+        assert f.category == category
+        assert kinds(policy.decide(f)) == [WARN, ALERT], category  # high: the collector and a supervisor hear of it

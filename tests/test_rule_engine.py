@@ -215,16 +215,24 @@ def _call(hour: int, metadata: dict) -> CallStarted:
 
 @pytest.mark.parametrize(
     ("hour", "tz", "fires"),
-    [(9, None, False), (22, None, True), (7, None, True), (20, "Asia/Tokyo", False), (9, "Europe/London", True)],
+    [
+        (9, None, False),
+        (21, None, False),  # GB/T 45251—2025: 21:30 is within hours (the window closes at 22:00)
+        (22, None, True),
+        (7, None, True),
+        (20, "Asia/Tokyo", False),
+        (21, "Asia/Tokyo", True),
+        (9, "Europe/London", True),
+    ],
 )
 def test_calling_hours_in_the_debtors_time_zone(cn: RulePack, hour: int, tz: str | None, fires: bool) -> None:
-    # hour is Beijing time; 20:30 Beijing = 21:30 Tokyo... is outside, so use a rule window check per zone
+    # hour is Beijing time; the window (08:00–22:00) is checked in the debtor's zone: 21:30 Beijing is 22:30 Tokyo
     rules = [r for r in cn.rules if r.id == "hours.outside_window"]
     started = _call(hour, {"custom_parameters": {"debtor_tz": tz}} if tz else {})
     _, zone = debtor_info(started, "Asia/Shanghai")
     local_hour = dt.datetime.fromtimestamp(started.wall_time, zone).hour
     findings = check_call_start(rules, started, zone, None)
-    assert bool(findings) is not (8 <= local_hour < 21)
+    assert bool(findings) is not (8 <= local_hour < 22)
     if tz is None:
         assert bool(findings) is fires
 
@@ -316,3 +324,15 @@ def test_gating_never_changes_what_fires(tokenizer: Tokenizer, pack_file: str, d
         n = normalise(text, tokenizer)
         for speaker in Speaker:
             assert fast.match(n, speaker) == slow.match(n, speaker), text
+
+
+@pytest.mark.parametrize(("consent", "fires"), [(None, True), ("true", False), ("1", False), ("no", True)])
+def test_the_debtors_consent_lifts_the_calling_hours(cn: RulePack, consent: str | None, fires: bool) -> None:
+    # GB/T 45251—2025 and the banking guideline: no calls 22:00–08:00 unless the debtor agreed
+    rules = [r for r in cn.rules if r.id == "hours.outside_window"]
+    params = {"debtor_consent": consent} if consent is not None else {}
+    started = _call(23, {"custom_parameters": params})
+    assert bool(check_call_start(rules, started, ZoneInfo("Asia/Shanghai"), None)) is fires
+    # consent is about the hour only: the day's limit still holds
+    freq = [r for r in cn.rules if r.id == "frequency.daily_limit"]
+    assert check_call_start(freq, _call(10, {"custom_parameters": params}), ZoneInfo("Asia/Shanghai"), 4)

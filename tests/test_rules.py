@@ -85,6 +85,27 @@ POSITIVES: dict[str, list[str]] = {
     ],
     "privacy.labelled_mobile": ["您留的手机号是幺八六幺二三四五六七八九"],  # 12 digits heard
     "customer.abuse": ["你们这帮吸血鬼", "滚蛋，别再打来了"],
+    # GB/T 45251—2025 / 银行业协会 2026: false blacklists, debts called crimes, sanctions and amounts "by law"
+    "misrepresentation.false_consequence": [
+        "你已经被列入行业黑名单了",
+        "拖欠贷款本来就算诈骗",
+        "你不还的话你儿子政审肯定过不了",
+        "依照法律规定你现在欠的是两万四",
+        "你再不还就等着坐牢吧",
+    ],
+    "induced_borrowing.borrow_to_repay": [
+        "你到别的平台借一点，把我们这边还了",
+        "微粒贷里借出来先还上",
+        "信用卡套现一下就够了",
+        "借新还旧嘛，先把这关过了",
+    ],
+    "improper_payment.fee_or_personal_account": [
+        "你把钱转到我私人账户",
+        "扫我这个收款码付",
+        "交五百块钱我就帮你撤诉",
+        "还要加收一笔上门费",
+        "钱打给我就行",
+    ],
 }
 CUSTOMER_RULES = {"customer.abuse"}
 
@@ -102,6 +123,16 @@ HARD_NEGATIVES = [
     "您这个月逾期了十八天，请尽快还款",
     "我们不会去你家，也不会派人",
     "身份证后四位是零六二九",
+    # the standard's categories: lawful mentions of credit reporting, courts, official channels, restructuring
+    "逾期记录会报送征信，结清后保留五年",
+    "如果法院判决后仍不履行，依法可能被列入失信被执行人名单",
+    "欠款是民事纠纷，不会坐牢",
+    "请通过APP或对公账户还款，不要向任何个人转账",
+    "我们不收取任何手续费，分期申请是免费的",
+    "您可以在APP里申请分期或者延期",
+    "不建议您借网贷来还，有困难我们一起想办法",
+    "您信用卡的最低还款额是三百元",
+    "罚息按合同约定计算，不会超过法定上限",
 ]
 
 # Reassurances a collector is trained to give; each contains a listed keyword inside a negation.
@@ -119,7 +150,7 @@ def test_pack_loads(pack: RulePack, engine: RuleEngine) -> None:
     assert pack.pack == "cn_collection"
     assert pack.version >= 1
     assert {r.category for r in pack.rules} == {*CATEGORIES, *CALL_CATEGORIES}
-    assert engine.rule_count == len([r for r in pack.rules if r.enabled])
+    assert engine.rule_count == len(pack.in_force())
 
 
 def test_every_rule_has_explicit_positives(pack: RulePack) -> None:
@@ -150,6 +181,59 @@ def test_lawful_language_does_not_fire(
 @pytest.mark.parametrize("sentence", NEGATED_REASSURANCES)
 def test_negated_reassurance_does_not_fire(engine: RuleEngine, tokenizer: Tokenizer, sentence: str) -> None:
     assert fired(engine, tokenizer, sentence) == set()
+
+
+@pytest.mark.parametrize(
+    ("sentence", "rule_id"),
+    [
+        ("你已經上了黑名單", "misrepresentation.false_consequence"),  # traditional characters
+        ("你这个已经进黑明单了", "misrepresentation.false_consequence"),  # 黑名单 heard as 黑明单
+        ("去别家网待借一下先还上", "induced_borrowing.borrow_to_repay"),  # 网贷 heard as 网待
+        ("先交个手须费", "improper_payment.fee_or_personal_account"),  # 手续费 heard as 手须费
+    ],
+)
+def test_standard_categories_survive_asr_spellings(
+    engine: RuleEngine, tokenizer: Tokenizer, sentence: str, rule_id: str
+) -> None:
+    assert rule_id in fired(engine, tokenizer, sentence)
+
+
+def test_the_standards_categories_are_agent_only(engine: RuleEngine, tokenizer: Tokenizer) -> None:
+    # a debtor repeating what they were told is no violation of theirs
+    for sentence in ("你们的人说我要坐牢", "我都借网贷来还你们了", "你们同事让我转到他私人账户"):
+        assert fired(engine, tokenizer, sentence, Speaker.CUSTOMER) == set()
+
+
+def test_every_rule_cites_its_source(pack: RulePack) -> None:
+    for rule in pack.rules:
+        assert rule.source.strip(), f"{rule.id} has no source"
+    privacy = [r for r in pack.rules if r.category == "privacy_leak"]
+    assert privacy and all("个人信息保护法" in r.source for r in privacy)
+    standard = [r for r in pack.rules if r.category in ("misrepresentation", "induced_borrowing", "improper_payment")]
+    assert {r.category for r in standard} == {"misrepresentation", "induced_borrowing", "improper_payment"}
+    assert all("GB/T 45251" in r.source and "银行业协会" in r.source for r in standard)
+
+
+def test_findings_carry_the_rules_source(engine: RuleEngine, tokenizer: Tokenizer) -> None:
+    t = Transcript("c1", Speaker.AGENT, 3, "你把钱转到我私人账户", 1.0, 2.0, True)
+    (finding,) = engine.detect(t, normalise(t.text, tokenizer))
+    assert finding.rule_id == "improper_payment.fee_or_personal_account"
+    assert finding.rule_source == engine.rule(finding.rule_id).source and "GB/T 45251" in finding.rule_source
+
+
+def test_regimes_select_the_calling_hours_rule_and_cite_their_document(pack: RulePack) -> None:
+    assert pack.regime == "internet_consumer_credit"
+    assert set(pack.regimes) == {"internet_consumer_credit", "bank_consumer_loan"}
+    for regime, document in (("internet_consumer_credit", "GB/T 45251"), ("bank_consumer_loan", "银行业协会")):
+        engine = RuleEngine([pack], regime=regime)
+        (hours,) = [r for r in engine.call_start_rules if r.calling_hours]
+        assert (hours.calling_hours.start, hours.calling_hours.end) == ("08:00", "22:00")
+        assert document in hours.source and document in pack.regimes[regime].source
+        (freq,) = [r for r in engine.call_start_rules if r.max_calls_per_day]
+        assert freq.max_calls_per_day == 3
+        assert {r.category for r in engine.utterance_rules} == set(CATEGORIES)  # conduct rules hold under both
+    # an unknown regime (another pack's) leaves this pack on its default
+    assert RuleEngine([pack], regime="fdcpa").rule("hours.outside_window").regimes == ["internet_consumer_credit"]
 
 
 def test_traditional_and_spaced_asr_output_still_fires(engine: RuleEngine, tokenizer: Tokenizer) -> None:
@@ -367,6 +451,39 @@ def line_of(error: str, path: Path) -> int:
     return int(m[1])
 
 
+REGIMES_HEAD = (
+    "pack: test_pack\nversion: 1\nlanguage: zh\n"
+    "regimes:\n  a: {title: A, source: doc A}\n  b: {title: B, source: doc B}\n"
+)
+
+
+def test_regime_rules_follow_the_selected_regime(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    text = (
+        REGIMES_HEAD
+        + "regime: a\nrules:\n"
+        + rule_yaml("t.all", "keywords: [废物]", "source: doc A 第一条; doc B 第二条")
+        + rule_yaml("t.only_b", "keywords: [上门]", "regimes: [b]")
+    )
+    pack = load_pack(write(tmp_path, text))
+    assert pack.rules[0].source == "doc A 第一条; doc B 第二条"
+    assert fired(RuleEngine([pack]), tokenizer, "废物上门") == {"t.all"}
+    assert fired(RuleEngine([pack], regime="b"), tokenizer, "废物上门") == {"t.all", "t.only_b"}
+
+
+@pytest.mark.parametrize(
+    ("head", "extra", "needle"),
+    [
+        (REGIMES_HEAD + "rules:\n", "", "default 'regime'"),
+        (REGIMES_HEAD + "regime: c\nrules:\n", "", "not one of the pack's regimes"),
+        (REGIMES_HEAD + "regime: a\nrules:\n", "regimes: [c]", "unknown regime"),
+        (PACK_HEAD, "regimes: [a]", "unknown regime"),
+    ],
+)
+def test_bad_regimes_are_errors(tmp_path: Path, head: str, extra: str, needle: str) -> None:
+    errors = load_errors(write(tmp_path, head + rule_yaml("t.one", "keywords: [上门]", extra)))
+    assert any(needle in e for e in errors), errors
+
+
 def test_minimal_pack_loads(tmp_path: Path) -> None:
     pack = load_pack(write(tmp_path, PACK_HEAD + rule_yaml("t.one", "keywords: [上门]")))
     (rule,) = pack.rules
@@ -480,6 +597,33 @@ def test_engine_combines_packs_and_skips_disabled_rules(tmp_path: Path, tokenize
         + rule_yaml("t.off", "keywords: [交易]", extra="enabled: false"),
     )
     engine = RuleEngine.from_files([PACK_FILE, extra])
-    assert engine.rule_count == len(load_pack(PACK_FILE).rules) + 1
+    assert engine.rule_count == len(load_pack(PACK_FILE).in_force()) + 1
     assert fired(engine, tokenizer, "交易几乎停滞", Speaker.CUSTOMER) == {"t.on"}
     assert fired(engine, tokenizer, "你就是个老赖，交易停了") == {"t.on", "abuse.insult"}
+
+
+# --------------------------------------------------------------------------- what the API shows of sources and regimes
+
+
+def test_archived_findings_get_their_rules_source(engine: RuleEngine) -> None:
+    from compliance_monitor.api.rest import _with_rule_sources
+
+    call = {"findings": [{"rule_id": "improper_payment.fee_or_personal_account"}, {"rule_id": "model.threat"}]}
+    out = _with_rule_sources(call, engine.rules)
+    assert "GB/T 45251" in out["findings"][0]["rule_source"]
+    assert out["findings"][1]["rule_source"] == ""  # a model finding has no rule, so no document
+
+
+async def test_rules_listing_names_the_regime_and_what_is_in_force(pack: RulePack) -> None:
+    from types import SimpleNamespace
+
+    from compliance_monitor.api.rest import list_rules
+
+    for regime, hours_id in (("bank_consumer_loan", "hours.outside_window_bank"), (None, "hours.outside_window")):
+        rules = SimpleNamespace(engine=RuleEngine([pack], regime=regime), generation=1)
+        listing = await list_rules(SimpleNamespace(services=SimpleNamespace(rules=rules)), None)  # type: ignore[arg-type]
+        (cn,) = listing["packs"]
+        assert cn["regime"] == (regime or "internet_consumer_credit")
+        in_force = {r["id"] for r in cn["rules"] if r["in_force"]}
+        assert hours_id in in_force and {"hours.outside_window", "hours.outside_window_bank"} - in_force
+        assert all(r["source"] for r in cn["rules"])

@@ -261,6 +261,11 @@
     privacy_leak: "泄露个人信息",
     missing_disclosure: "未做身份披露",
     customer_abuse: "客户辱骂",
+    misrepresentation: "虚假陈述/夸大后果",
+    induced_borrowing: "诱导借贷还款",
+    improper_payment: "违规收费/私人收款",
+    calling_hours: "非催收时段",
+    call_frequency: "联系频次超限",
   };
   function categoryLabel(cat) {
     return (cat && CATEGORY_LABELS[cat]) || "";
@@ -309,6 +314,7 @@
         o.showSource ? h("span", { className: "muted",
           text: (f.source || "") + (f.score != null ? " " + Number(f.score).toFixed(2) : "") }) : null),
       h("div", { className: "explanation", text: f.explanation }),
+      f.rule_source ? h("div", { className: "rule-source muted", title: "依据 source" }, "依据：", h("small", { text: f.rule_source })) : null,
       f.matched_text ? h("div", { className: "matched" }, "「",
         h("mark", { className: "sev-" + f.severity, text: f.matched_text }), "」") : null);
   }

@@ -104,6 +104,14 @@ async def get_call(call_id: str, monitor: MonitorDep, _: Auditor) -> dict[str, A
     call = await monitor.services.archive.get_call(call_id)
     if call is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no call {call_id}")
+    return _with_rule_sources(call, monitor.services.rules.engine.rules)
+
+
+def _with_rule_sources(call: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
+    """The archive keeps a finding's rule id; the document and clause it enforces come from the rule in force."""
+    for finding in call.get("findings") or []:
+        rule = rules.get(finding.get("rule_id"))
+        finding.setdefault("rule_source", rule.source if rule is not None else "")
     return call
 
 
@@ -156,7 +164,12 @@ async def list_rules(monitor: MonitorDep, _: Auditor) -> dict[str, Any]:
                 "pack": p.pack,
                 "version": p.version,
                 "language": p.language,
-                "rules": [r.model_dump(mode="json", exclude={"examples"}) for r in p.rules],
+                "regimes": {k: v.model_dump(mode="json") for k, v in p.regimes.items()},
+                "regime": engine.regime if engine.regime in p.regimes else p.regime,
+                "rules": [
+                    r.model_dump(mode="json", exclude={"examples"}) | {"in_force": engine.rules.get(r.id) is r}
+                    for r in p.rules
+                ],
             }
             for p in engine.packs
         ],

@@ -5,8 +5,9 @@ the call. The tracker watches the in-scope speaker's finals; once stream time pa
 call ends first) it fires one finding naming what was never said.
 
 Call start: calling hours are checked in the debtor's local time (``debtor_tz`` in the call's
-metadata / Twilio customParameters, else the configured default), frequency against the archive's
-count of calls to the same ``debtor_id`` since local midnight.
+metadata / Twilio customParameters, else the configured default) unless the call carries ``debtor_consent``
+(the debtor agreed to this time), frequency against the archive's count of calls to the same ``debtor_id``
+since local midnight.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class OmissionTracker:
             explanation=f"{p.rule.explanation.supervisor}（未说明：{missing}）",
             collector_explanation=f"{p.rule.explanation.collector}（未说明：{missing}）",
             action_hint=p.rule.action,
+            rule_source=p.rule.source,
         )
 
 
@@ -101,6 +103,16 @@ def debtor_info(started: CallStarted, default_tz: str) -> tuple[str | None, Zone
     return debtor_id, tz
 
 
+_YES = {"1", "true", "yes", "y", "on"}
+
+
+def debtor_consented(started: CallStarted) -> bool:
+    """Whether the call says the debtor agreed to be called outside the hours (``debtor_consent`` in the metadata or
+    the bridge's custom parameters): GB/T 45251—2025 and the banking guideline both allow it."""
+    sources: list[dict[str, Any]] = [started.metadata, started.metadata.get("custom_parameters") or {}]
+    return any(str(s.get("debtor_consent", "")).strip().lower() in _YES for s in sources)
+
+
 def local_midnight(wall_time: float, tz: ZoneInfo) -> float:
     local = dt.datetime.fromtimestamp(wall_time, tz)
     return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
@@ -108,10 +120,12 @@ def local_midnight(wall_time: float, tz: ZoneInfo) -> float:
 
 def check_call_start(rules: list[Rule], started: CallStarted, tz: ZoneInfo, calls_today: int | None) -> list[Finding]:
     local = dt.datetime.fromtimestamp(started.wall_time, tz)
+    consented = debtor_consented(started)
     out = []
     for rule in rules:
         reason = None
-        if rule.calling_hours and not _within(local.time(), rule.calling_hours.start, rule.calling_hours.end):
+        outside = rule.calling_hours and not _within(local.time(), rule.calling_hours.start, rule.calling_hours.end)
+        if rule.calling_hours and outside and not consented:
             reason = f"当地时间 {local:%H:%M}（{tz.key}）不在 {rule.calling_hours.start}–{rule.calling_hours.end} 内"
         elif rule.max_calls_per_day and calls_today is not None and calls_today > rule.max_calls_per_day:
             reason = f"今日第 {calls_today} 次呼叫，超过 {rule.max_calls_per_day} 次"
@@ -131,6 +145,7 @@ def check_call_start(rules: list[Rule], started: CallStarted, tz: ZoneInfo, call
                     explanation=f"{rule.explanation.supervisor}：{reason}",
                     collector_explanation=f"{rule.explanation.collector}：{reason}",
                     action_hint=rule.action,
+                    rule_source=rule.source,
                 )
             )
     return out

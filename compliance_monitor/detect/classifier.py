@@ -5,7 +5,9 @@ the input (a ``[A]`` / ``[C]`` token after ``[CLS]``); ``customer_abuse`` is for
 
 A model directory (built by ``scripts/train_classifier.py``) holds ``config.json`` + ``model.safetensors``
 (``save_pretrained``), ``vocab.txt`` (one token a line, BERT style), ``thresholds.json`` and ``metrics.json``, and
-optionally a character n-gram model (``ngram.py``) whose probabilities are averaged with the transformer's.
+optionally a character n-gram model (``ngram.py``) whose probabilities are averaged with the transformer's. A
+directory with the n-gram model and ``thresholds.json`` but no transformer is served n-gram only
+(``scripts/train_classifier.py --ngram-only``: built in well under a minute, so an install can afford it).
 
     clf = UtteranceClassifier.load("models/classifier")
     scores = clf.predict(["你再不还钱，小心点"], ["agent"])   # [{"threat": 0.97, ...}]
@@ -29,7 +31,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from compliance_monitor.detect.ngram import NgramModel, marked
-from compliance_monitor.messages import UTTERANCE_CATEGORIES
+from compliance_monitor.messages import CLASSIFIER_CATEGORIES
 from compliance_monitor.text.normalise import collapse_spaces, to_half_width, to_simplified
 
 __all__ = [
@@ -43,7 +45,7 @@ __all__ = [
     "train_model",
 ]
 
-LABELS: tuple[str, ...] = UTTERANCE_CATEGORIES
+LABELS: tuple[str, ...] = CLASSIFIER_CATEGORIES  # a built model's heads; the standard's new categories are rules only
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[A]", "[C]")
 _SPEAKER_TOKEN = {"agent": "[A]", "customer": "[C]"}
 
@@ -218,7 +220,7 @@ def train_model(
 class UtteranceClassifier:
     def __init__(
         self,
-        model: BertForSequenceClassification,
+        model: BertForSequenceClassification | None,
         vocab: Sequence[str],
         thresholds: dict[str, float] | None = None,
         *,
@@ -226,11 +228,19 @@ class UtteranceClassifier:
         batch_size: int = 32,
         ngram: NgramModel | None = None,
     ) -> None:
-        self.model = model.eval()
         self.ngram = ngram  # when present, its probabilities are averaged with the transformer's
-        id2label: dict[Any, str] = dict(getattr(model.config, "id2label", None) or {})
-        self.labels: tuple[str, ...] = tuple(str(id2label.get(i, id2label.get(str(i)))) for i in range(len(id2label)))
-        self.encoder = CharEncoder(vocab, int(model.config.max_position_embeddings))
+        self.model = model.eval() if model is not None else None  # None: the n-gram model alone
+        if model is not None:
+            id2label: dict[Any, str] = dict(getattr(model.config, "id2label", None) or {})
+            self.labels: tuple[str, ...] = tuple(
+                str(id2label.get(i, id2label.get(str(i)))) for i in range(len(id2label))
+            )
+            self.encoder = CharEncoder(vocab, int(model.config.max_position_embeddings))
+        elif ngram is not None:
+            self.labels = ngram.labels
+            self.encoder = CharEncoder(SPECIAL_TOKENS, 64)  # unused: kept so the object has one shape
+        else:
+            raise ValueError("a classifier needs a transformer, an n-gram model or both")
         self.thresholds = dict.fromkeys(self.labels, 0.5) | dict(thresholds or {})
         self.batch_size = batch_size
         if threads:
@@ -245,6 +255,9 @@ class UtteranceClassifier:
         missing = [f for f in needed if not (path / f).is_file()]
         if not (path / "model.safetensors").is_file() and not (path / "pytorch_model.bin").is_file():
             missing.append("model.safetensors")
+        if missing and (path / "thresholds.json").is_file() and (ngram := NgramModel.load(path)) is not None:
+            thresholds = json.loads((path / "thresholds.json").read_text(encoding="utf-8"))
+            return cls(None, list(SPECIAL_TOKENS), thresholds, threads=threads, ngram=ngram)
         if missing:
             raise ClassifierNotFound(
                 f"utterance classifier not found at {path} (missing {', '.join(missing)}); "
@@ -263,9 +276,10 @@ class UtteranceClassifier:
     def save(self, path: str | Path, metrics: dict[str, object] | None = None) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
-        # "\n".join: a vocab entry can never contain a newline (build_vocab drops whitespace)
-        (path / "vocab.txt").write_text("\n".join(self.encoder.vocab) + "\n", encoding="utf-8")
+        if self.model is not None:
+            self.model.save_pretrained(path)
+            # "\n".join: a vocab entry can never contain a newline (build_vocab drops whitespace)
+            (path / "vocab.txt").write_text("\n".join(self.encoder.vocab) + "\n", encoding="utf-8")
         (path / "thresholds.json").write_text(json.dumps(self.thresholds, indent=2), encoding="utf-8")
         if self.ngram is not None:
             self.ngram.save(path)
@@ -280,6 +294,14 @@ class UtteranceClassifier:
             raise ValueError("texts and speakers differ in length")
         out: list[dict[str, float]] = []
         ca = self.labels.index("customer_abuse") if "customer_abuse" in self.labels else None
+        if self.model is None:
+            assert self.ngram is not None
+            for text, sp in zip(texts, speakers, strict=True):
+                scores = self.ngram.predict_one(marked(preprocess(text), sp))
+                if ca is not None and _speaker_token(sp) == "[A]":
+                    scores["customer_abuse"] = 0.0
+                out.append(scores)
+            return out
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
                 t, s = texts[i : i + self.batch_size], speakers[i : i + self.batch_size]

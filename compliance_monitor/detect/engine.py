@@ -24,12 +24,12 @@ def pack_files(settings: RulesSettings) -> list[Path]:
 class RuleSet:
     def __init__(self, settings: RulesSettings) -> None:
         self.settings = settings
-        self.engine = RuleEngine.from_files(pack_files(settings))
+        self.engine = RuleEngine.from_files(pack_files(settings), regime=settings.regime)
         self.generation = 1
 
     def reload(self) -> RuleEngine:
         """Build the new engine fully before swapping, so a failure changes nothing."""
-        engine = RuleEngine.from_files(pack_files(self.settings))
+        engine = RuleEngine.from_files(pack_files(self.settings), regime=self.settings.regime)
         self.engine = engine
         self.generation += 1
         log.info(

@@ -172,10 +172,23 @@ class ModelDetector:
 def load_model_detector(
     path: Path, threads: int, labels: Sequence[str] | None = None, *, context: int = 0
 ) -> ModelDetector | None:
-    """The trained classifier, or None (with the reason logged) when it has not been built."""
-    if not (path / "config.json").is_file():
-        log.warning("no utterance classifier at %s (build it with scripts/train_classifier.py): rules only", path)
-        return None
+    """The trained classifier, or None (with the reason logged) when there is none.
+
+    A full classifier (transformer + n-grams) at ``path`` when built there; else, when ``path`` is the default, the
+    small n-gram classifier shipped with the package, so that a fresh install runs both detectors."""
+    from compliance_monitor.detect.ngram import VOCAB_FILE
+    from compliance_monitor.resources import bundled_classifier_dir, default_classifier_dir
+
+    def built(p: Path) -> bool:
+        return (p / "config.json").is_file() or ((p / VOCAB_FILE).is_file() and (p / "thresholds.json").is_file())
+
+    if not built(path):
+        bundled = bundled_classifier_dir()
+        if path.resolve() != default_classifier_dir().resolve() or not built(bundled):
+            log.warning("no utterance classifier at %s (build it with scripts/train_classifier.py): rules only", path)
+            return None
+        log.info("no classifier built at %s: using the bundled n-gram classifier %s", path, bundled)
+        path = bundled
     from compliance_monitor.detect.classifier import UtteranceClassifier
 
     detector = ModelDetector(UtteranceClassifier.load(path, threads=threads), labels, context=context)

@@ -71,6 +71,17 @@ class NgramModel:
         vocab = json.loads((path / VOCAB_FILE).read_text(encoding="utf-8"))
         return cls(vocab, arrays["idf"], arrays["coef"], arrays["intercept"], [str(x) for x in arrays["labels"]])
 
+    def pruned(self, max_features: int) -> NgramModel:
+        """The ``max_features`` n-grams that weigh most in any label (max |coef| × idf), the rest dropped: a smaller
+        file to ship. Documents keep their other n-grams' weight in the norm no longer, so scores shift slightly."""
+        if max_features >= len(self.vocab):
+            return self
+        weight = np.abs(self.coef).max(axis=0) * self.idf
+        keep = np.sort(np.argsort(-weight, kind="stable")[:max_features])
+        new_col = {int(old): i for i, old in enumerate(keep)}
+        vocab = {g: new_col[c] for g, c in self.vocab.items() if c in new_col}
+        return NgramModel(vocab, self.idf[keep], self.coef[:, keep], self.intercept, self.labels)
+
     def predict_one(self, text: str) -> dict[str, float]:
         """Label probabilities for one speaker-marked text (see ``marked``)."""
         counts = Counter(g for g in char_ngrams(text) if g in self.vocab)

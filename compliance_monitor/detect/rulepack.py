@@ -143,6 +143,12 @@ class Rule(_Strict):
     action: ActionKind | None = None
     enabled: bool = True
     examples: Examples = Field(default_factory=Examples)
+    source: str = Field(
+        "", description="the document and clause the rule enforces (标准/指引 名称 + 条款), shown to supervisors"
+    )
+    regimes: list[str] = Field(
+        default_factory=list, description="the pack's regimes this rule belongs to; empty: every regime"
+    )
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> Rule:
@@ -157,11 +163,22 @@ class Rule(_Strict):
         return self
 
 
+class Regime(_Strict):
+    """A body of rules a pack can be run under (e.g. internet consumer credit vs bank consumer loans)."""
+
+    title: str
+    source: str = Field(description="the governing document(s)")
+
+
 class RulePack(_Strict):
     pack: str = Field(pattern=r"^[a-z0-9_]+$")
     version: int = Field(ge=1)
     language: str
     description: str = ""
+    regimes: dict[str, Regime] = Field(
+        default_factory=dict, description="regimes a deployment may select (``rules.regime`` in the config)"
+    )
+    regime: str | None = Field(None, description="the regime in force when the config selects none")
     rules: list[Rule]
 
     @model_validator(mode="after")
@@ -172,6 +189,24 @@ class RulePack(_Strict):
                 raise ValueError(f"duplicate rule id {rule.id!r}")
             seen.add(rule.id)
         return self
+
+    @model_validator(mode="after")
+    def _known_regimes(self) -> RulePack:
+        if self.regimes and self.regime is None:
+            raise ValueError("a pack with 'regimes' names its default 'regime'")
+        if self.regime is not None and self.regime not in self.regimes:
+            raise ValueError(f"regime {self.regime!r} is not one of the pack's regimes {sorted(self.regimes)}")
+        for rule in self.rules:
+            unknown = sorted(set(rule.regimes) - set(self.regimes))
+            if unknown:
+                known = sorted(self.regimes)
+                raise ValueError(f"rule {rule.id!r}: unknown regime(s) {unknown}; the pack defines {known}")
+        return self
+
+    def in_force(self, regime: str | None = None) -> list[Rule]:
+        """The enabled rules under ``regime`` (the pack's default when None or not one of this pack's regimes)."""
+        chosen = regime if regime in self.regimes else self.regime
+        return [r for r in self.rules if r.enabled and (not r.regimes or chosen in r.regimes)]
 
 
 class RulePackError(ValueError):

@@ -193,13 +193,12 @@ def _token_checks(rule: Rule) -> list[tuple[_Check, Check]]:
 class RuleEngine:
     """All loaded packs' utterance rules, matched together; see the module docstring."""
 
-    def __init__(self, packs: Iterable[RulePack], *, prefilter: bool = True) -> None:
+    def __init__(self, packs: Iterable[RulePack], *, prefilter: bool = True, regime: str | None = None) -> None:
         self.packs = list(packs)
+        self.regime = regime
         self.rules: dict[str, Rule] = {}
         for pack in self.packs:
-            for rule in pack.rules:
-                if not rule.enabled:
-                    continue
+            for rule in pack.in_force(regime):
                 if rule.id in self.rules:
                     raise ValueError(f"rule id {rule.id!r} is defined by two packs")
                 self.rules[rule.id] = rule
@@ -218,8 +217,9 @@ class RuleEngine:
         }
 
     @classmethod
-    def from_files(cls, paths: Iterable[Path]) -> RuleEngine:
-        return cls(load_pack(p) for p in paths)
+    def from_files(cls, paths: Iterable[Path], *, regime: str | None = None) -> RuleEngine:
+        """``regime`` selects among a pack's regimes; a pack that does not define it runs its default."""
+        return cls((load_pack(p) for p in paths), regime=regime)
 
     @property
     def rule_count(self) -> int:
@@ -441,5 +441,6 @@ def finding_for(rule: Rule, transcript: Transcript, matched: str, span: Span) ->
         explanation=rule.explanation.supervisor,
         collector_explanation=rule.explanation.collector,
         source="rule",
+        rule_source=rule.source,
         action_hint=rule.action,
     )

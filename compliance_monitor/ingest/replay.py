@@ -13,9 +13,10 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import websockets
@@ -205,3 +206,67 @@ async def _send_pcm(
         result.frames_sent += 1
         result.audio_s = min(len(pcm), (i + 1) * per_frame) / rate
     await ws.send(json.dumps({"event": "stop"}))
+
+
+def console_url(bridge_url: str) -> str:
+    """The supervisor feed of the monitor a bridge URL points at: ws://h:p/bridge/twilio → ws://h:p/ws/console."""
+    base = bridge_url.split("?", 1)[0]
+    head, sep, _ = base.rpartition("/bridge/")
+    if not sep:
+        raise ValueError(f"not a bridge URL (…/bridge/twilio or …/bridge/pcm): {bridge_url}")
+    return f"{head}/ws/console"
+
+
+WATCHED = ("finding", "finding_withdrawn", "action", "call_ended")
+
+
+async def watch_call(
+    url: str,
+    call_id: str,
+    on_event: Callable[[dict[str, Any]], None],
+    *,
+    token: str | None = None,
+    connected: asyncio.Event | None = None,
+) -> int | None:
+    """Pass each finding, withdrawal and action of ``call_id`` on the console feed at ``url`` to ``on_event``;
+    return after the call's ``call_ended`` (None), or the close code when the feed closes first (e.g. 1008: a
+    supervisor token is required). ``connected`` is set once subscribed. Cancel it to stop watching earlier."""
+    if token:
+        url += ("&" if "?" in url else "?") + f"token={token}"
+    async with websockets.connect(url, max_size=2**22) as ws:
+        if connected is not None:
+            connected.set()
+        try:
+            async for message in ws:
+                event = json.loads(message)
+                if event.get("call_id") != call_id or event.get("type") not in WATCHED:
+                    continue
+                on_event(event)
+                if event["type"] == "call_ended":
+                    return None
+        except websockets.ConnectionClosed:
+            pass
+        return ws.close_code
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """One line for a person reading a terminal: what was found, where, and under which rule and source."""
+    kind = event.get("type")
+    if kind == "finding":
+        line = (
+            f"  finding  {event['t0']:7.1f}s {event['speaker']:<8} {event['category']}/{event['severity']}"
+            f"  {event['rule_id']} ({event['source']})"
+        )
+        if event.get("matched_text"):
+            line += f"  「{event['matched_text']}」"
+        line += f"\n           {event['explanation']}"
+        if event.get("rule_source"):
+            line += f"\n           依据: {event['rule_source']}"
+        return line
+    if kind == "finding_withdrawn":
+        return f"  withdrawn finding {event['finding_id']}: {event['reason']}"
+    if kind == "action":
+        return f"  action   {event['action']}: {event['reason']}"
+    if kind == "call_ended":
+        return f"  call ended: {event['reason']}"
+    return f"  {kind}"
