@@ -85,6 +85,8 @@ class AsrSettings(BaseModel):
     # The same for finals, what rules and the archive read. On real recordings in the telephone band (dev split of
     # tests/data/real_speech) the 30 s window whisper was trained on is the better reader: CER 0.201 against 0.228.
     final_encoder_window_frames: int = 0
+    # ... unless finals back up: then they take the short window until the queue drains (asr.finals_fast counts them).
+    fast_finals_after_s: float = Field(1.0, ge=0, description="queue wait after which finals take the short window")
     condition_on_previous: bool = Field(False, description="prompt with the speaker's previous final")
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0

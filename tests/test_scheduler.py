@@ -103,3 +103,24 @@ async def test_cancelled_jobs_are_not_decoded(sched: tuple[AsrScheduler, FakeDec
     await asyncio.gather(blocker, kept)
     assert 7 not in [len(r.audio) for b in decoder.batches for r in b]
     assert scheduler.stats.finals == 2
+
+
+async def test_finals_backing_up_take_the_short_window_until_the_queue_drains() -> None:
+    decoder = FakeDecoder()
+    settings = AsrSettings(max_batch=2, encoder_window_frames=500, fast_finals_after_s=60)
+    scheduler = AsrScheduler(settings, lambda: decoder)  # type: ignore[arg-type, return-value]
+    await scheduler.start()
+    try:
+        blocker = await hold_worker(scheduler, decoder)
+        finals = [
+            scheduler.submit((f"c{i}", "agent"), DecodeRequest(np.zeros(100, np.float32), 5, min_window=0), final=True)
+            for i in range(3)
+        ]
+        decoder.gate.set()
+        await asyncio.gather(blocker, *finals)
+        windows = [[r.min_window for r in b] for b in decoder.batches[1:]]
+        assert windows == [[500, 500], [0]]  # two with one more queued behind them; the last one alone: 30 s
+        assert scheduler.stats.finals_fast == 2 and scheduler.stats.as_dict()["finals_fast"] == 2
+    finally:
+        decoder.gate.set()
+        await scheduler.aclose()

@@ -15,7 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from compliance_monitor.asr.decoder import DecodeRequest, DecodeResult, WhisperDecoder
 from compliance_monitor.config import AsrSettings
@@ -50,6 +50,7 @@ class AsrStats:
     # Finals the guards rejected after the retry, by reason: speech that reached no transcript unless rescued.
     finals_rejected: Counter[str] = field(default_factory=Counter)
     finals_retried: int = 0  # finals decoded twice (full window, no prompt): meant to stay the exception
+    finals_fast: int = 0  # finals read in the short window because finals were backing up
     finals_rescued: Counter[str] = field(default_factory=Counter)  # rejected, kept anyway (best hypothesis)
     final_decode_s: deque[float] = field(default_factory=lambda: deque(maxlen=2000))  # per batch holding finals
 
@@ -70,6 +71,7 @@ class AsrStats:
             "lag_warnings": self.lag_warnings,
             "finals_rejected": dict(self.finals_rejected),
             "finals_retried": self.finals_retried,
+            "finals_fast": self.finals_fast,
             "finals_rescued": dict(self.finals_rescued),
             "final_decode_s": _percentiles(self.final_decode_s),
         }
@@ -151,12 +153,26 @@ class AsrScheduler:
             if not job.future.done():  # the call may have been cancelled meanwhile
                 batch.append(job)
         if batch:
-            return batch
+            return self._keep_up(batch)
         # Partials: oldest first, one per stream by construction.
         for job in sorted(self._partials.values(), key=lambda j: j.order)[:limit]:
             del self._partials[job.stream]
             if not job.future.done():
                 batch.append(job)
+        return batch
+
+    def _keep_up(self, batch: list[_Job]) -> list[_Job]:
+        """Finals read in the 30 s window cost 3-4x a short one. When they back up (the oldest has waited past
+        ``asr.fast_finals_after_s``, or more are queued behind this batch) they take the short window until the
+        queue drains: a little accuracy is shed before latency is. Counted as ``finals_fast``."""
+        oldest = time.monotonic() - min(j.enqueued for j in batch)
+        if oldest <= self.settings.fast_finals_after_s and not self._finals:
+            return batch
+        fast = self.settings.encoder_window_frames
+        for job in batch:
+            if job.request.min_window != fast:
+                job.request = replace(job.request, min_window=fast)
+                self.stats.finals_fast += 1
         return batch
 
     async def _run(self) -> None:
