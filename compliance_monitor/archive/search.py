@@ -1,0 +1,203 @@
+"""Auditor search: what a query means (ranking tiers, filters, cursor) and the SQL that answers a page.
+
+Ranking: segments that contain the query text exactly (the phrase) come first, then segments that
+contain all of its words but not the phrase; within a tier, newest first. Both orders follow an index
+(FTS5 doclists and every filter index are in rowid order), so a page of 50 reads about 50 matches
+instead of sorting them all, and a cursor is just (tier, last segment id).
+
+Each page is one of three plans, chosen by which rows are fewest to walk:
+- findings: a category/severity/action filter (findings are ~4 % of segments) drives, text checked on
+  the row;
+- text: the FTS5 gram index drives, other filters checked on the row, dates as a rowid range;
+- segments: no text and no finding filter; an agent index or the rowid range drives.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from compliance_monitor.archive.textindex import match_expr, normalise_query, runs
+
+MAX_ID = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    speaker: str | None = None
+    agent: str | None = None
+    category: str | None = None
+    severity: str | None = None
+    action: str | None = None
+    since: float | None = None  # segment archive time (epoch seconds), inclusive
+    until: float | None = None
+
+    @property
+    def on_findings(self) -> bool:
+        return bool(self.category or self.severity or self.action)
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """One ranking tier: rows must contain every ``required`` text and not ``excluded``."""
+
+    name: str  # "phrase" | "words" | "all" (no text)
+    required: tuple[str, ...]
+    excluded: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    tier: int
+    before_id: int
+
+    def encode(self) -> str:
+        return base64.urlsafe_b64encode(f"{self.tier}:{self.before_id}".encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            tier, before = raw.split(":")
+            return cls(int(tier), int(before))
+        except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+            raise ValueError(f"bad cursor {token!r}") from exc
+
+
+def tiers(query: str | None, tokenize: Callable[[str], Iterable[str]]) -> list[Tier]:
+    """The ranking tiers of a query; [] when it has text but nothing searchable (punctuation only)."""
+    q = normalise_query(query or "")
+    if not q:
+        return [Tier("all", ())]
+    if not runs(q):
+        return []
+    out = [Tier("phrase", (q,))]
+    words = _content_words(q, tokenize)
+    if len(words) >= 2:
+        out.append(Tier("words", tuple(words), excluded=q))
+    return out
+
+
+def _content_words(q: str, tokenize: Callable[[str], Iterable[str]]) -> list[str]:
+    # Words of two or more characters; a search cut's sub-words (司法 in 司法拘留) add nothing.
+    cut = [w for w in dict.fromkeys(tokenize(q)) if len(w) >= 2 and runs(w)]
+    return [w for w in cut if not any(w != other and w in other for other in cut)]
+
+
+# --------------------------------------------------------------------------- SQL
+
+
+def _row_conditions(tier: Tier, f: Filters) -> tuple[list[str], list[Any]]:
+    """Conditions on the segment row ``s``: exact text (ASCII case folded, as LIKE does) and row filters."""
+    where: list[str] = []
+    args: list[Any] = []
+    for needle in tier.required:
+        where.append("instr(lower(s.text), lower(?)) > 0")
+        args.append(needle)
+    if tier.excluded:
+        where.append("instr(lower(s.text), lower(?)) = 0")
+        args.append(tier.excluded)
+    for column, value in (("s.speaker", f.speaker), ("s.agent_id", f.agent)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if f.since is not None:
+        where.append("s.created_at >= ?")
+        args.append(f.since)
+    if f.until is not None:
+        where.append("s.created_at <= ?")
+        args.append(f.until)
+    return where, args
+
+
+def _finding_conditions(f: Filters) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in (("f.category", f.category), ("f.severity", f.severity)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if f.action:
+        where.append("EXISTS (SELECT 1 FROM actions a WHERE a.finding_id = f.finding_id AND a.action = ?)")
+        args.append(f.action)
+    return where, args
+
+
+def page_sql(tier: Tier, f: Filters, lo: int, hi: int, limit: int) -> tuple[str, list[Any]]:
+    """SQL for up to ``limit`` segment ids of one tier with lo <= id <= hi, newest first."""
+    where, args = _row_conditions(tier, f)
+    expr = match_expr(tier.required)
+    if f.on_findings:
+        fwhere, fargs = _finding_conditions(f)
+        sql = (
+            "SELECT DISTINCT f.segment_id FROM findings f JOIN segments s ON s.segment_id = f.segment_id "
+            f"WHERE {' AND '.join([*fwhere, 'f.segment_id BETWEEN ? AND ?', *where])} "
+            "ORDER BY f.segment_id DESC LIMIT ?"
+        )
+        return sql, [*fargs, lo, hi, *args, limit]
+    if expr is not None:
+        sql = (
+            "SELECT g.rowid FROM segments_grams g JOIN segments s ON s.segment_id = g.rowid "
+            f"WHERE {' AND '.join(['segments_grams MATCH ?', 'g.rowid BETWEEN ? AND ?', *where])} "
+            "ORDER BY g.rowid DESC LIMIT ?"
+        )
+        return sql, [expr, lo, hi, *args, limit]
+    sql = (
+        f"SELECT s.segment_id FROM segments s WHERE {' AND '.join(['s.segment_id BETWEEN ? AND ?', *where])} "
+        "ORDER BY s.segment_id DESC LIMIT ?"
+    )
+    return sql, [lo, hi, *args, limit]
+
+
+def id_bounds(db: sqlite3.Connection, since: float | None, until: float | None) -> tuple[int, int] | None:
+    """The segment id range a date range covers; None when it covers none.
+
+    Segment ids and archive times rise together (the writer never lets ``created_at`` go back), so a
+    date range is a rowid range that every plan, FTS5 included, can seek to; rows are still checked.
+    """
+    lo, hi = 0, MAX_ID
+    if since is not None:
+        found = _edge_id(db, since, first=True)
+        if found is None:
+            return None
+        lo = found
+    if until is not None:
+        found = _edge_id(db, until, first=False)
+        if found is None:
+            return None
+        hi = found
+    return (lo, hi) if lo <= hi else None
+
+
+def _edge_id(db: sqlite3.Connection, t: float, *, first: bool) -> int | None:
+    """Binary search over the rowid: the first id archived at or after ``t`` (first=False: the last at or
+    before it)."""
+    row = db.execute("SELECT min(segment_id), max(segment_id) FROM segments").fetchone()
+    if row[0] is None:
+        return None
+    lo, hi = int(row[0]), int(row[1])
+    best = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        # the nearest real row on the side we are moving from (ids can have gaps)
+        probe = db.execute(
+            "SELECT segment_id, created_at FROM segments WHERE segment_id >= ? ORDER BY segment_id LIMIT 1"
+            if first
+            else "SELECT segment_id, created_at FROM segments WHERE segment_id <= ? ORDER BY segment_id DESC LIMIT 1",
+            (mid,),
+        ).fetchone()
+        ok = probe is not None and (probe[1] >= t if first else probe[1] <= t)
+        if first:
+            if ok:
+                best, hi = int(probe[0]), mid - 1
+            else:
+                lo = mid + 1
+        elif ok:
+            best, lo = int(probe[0]), mid + 1
+        else:
+            hi = mid - 1
+    return best
