@@ -176,7 +176,8 @@ def id_bounds(db: sqlite3.Connection, since: float | None, until: float | None) 
 def _edge_id(db: sqlite3.Connection, t: float, *, first: bool) -> int | None:
     """Binary search over the rowid: the first id archived at or after ``t`` (first=False: the last at or
     before it)."""
-    row = db.execute("SELECT min(segment_id), max(segment_id) FROM segments").fetchone()
+    # two subqueries: min() and max() in one SELECT would scan the table instead of reading both ends
+    row = db.execute("SELECT (SELECT min(segment_id) FROM segments), (SELECT max(segment_id) FROM segments)").fetchone()
     if row[0] is None:
         return None
     lo, hi = int(row[0]), int(row[1])
