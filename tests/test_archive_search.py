@@ -18,7 +18,7 @@ import pytest
 from fastapi import FastAPI
 
 from compliance_monitor.api import rest
-from compliance_monitor.archive import archive_from_url
+from compliance_monitor.archive import archive_from_url, audit
 from compliance_monitor.archive.search import Cursor, Filters, Tier, page_sql
 from compliance_monitor.archive.sqlite import Archive
 from compliance_monitor.archive.textindex import grams, match_expr, normalise_query
@@ -281,6 +281,15 @@ async def test_page_lookups_use_indexes(archive: Archive) -> None:
     for sql, index in lookups.items():
         got = await archive._read(lambda db, sql=sql: plan(db, sql, [1] * sql.count("?")))
         assert index in got, (sql, got)
+
+
+def test_a_segment_entry_body_is_rebuilt_exactly() -> None:
+    for call_id, speaker, t0, t1, text in [
+        ("c1", "agent", 0.0, 1.5, "请您尽快还款"),
+        ('c"2\\', "customer", 1e-7, 12345.678901234567, '他说"好的"\n\t，<b>\u2028'),
+    ]:
+        row = {"payload": None, "s_call_id": call_id, "s_speaker": speaker, "s_t0": t0, "s_t1": t1, "s_text": text}
+        assert audit.entry_body(row) == audit.body_json(audit.segment_payload(call_id, speaker, t0, t1, text))
 
 
 # --------------------------------------------------------------------------- migration

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -41,24 +40,37 @@ def as_hex(stored: bytes | str) -> str:
     return stored.hex() if isinstance(stored, bytes) else stored
 
 
+_quote = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _segment_body(call_id: str, speaker: str, t0: float, t1: float, text: str) -> str:
+    # body_json(segment_payload(...)) spelled out (keys in sorted order): a month's chain is a million of these
+    head = f'{{"call_id": {_quote(call_id)}, "speaker": {_quote(speaker)}, '
+    return f'{head}"t0": {t0!r}, "t1": {t1!r}, "text": {_quote(text)}}}'
+
+
 def entry_body(row: Mapping[str, Any]) -> str | None:
     """The hashed body of an ``ENTRY_ROWS`` row; None when a payload-less entry's segment is gone."""
     if row["payload"] is not None:
         return str(row["payload"])
     if row["s_text"] is None:
         return None
-    return body_json(segment_payload(row["s_call_id"], row["s_speaker"], row["s_t0"], row["s_t1"], row["s_text"]))
+    return _segment_body(row["s_call_id"], row["s_speaker"], row["s_t0"], row["s_t1"], row["s_text"])
 
 
-def verify(rows: Iterable[sqlite3.Row]) -> tuple[bool, int]:
-    """Walk entries in order recomputing each hash; (intact, entries that verified before the first break)."""
+def verify(rows: Iterable[tuple[Any, ...]]) -> tuple[bool, int]:
+    """Walk ``ENTRY_ROWS`` tuples in order recomputing each hash; (intact, entries verified before the first break)."""
     prev, n = GENESIS, 0
-    for row in rows:
-        body = entry_body(row)
-        if body is None or (row["prev_hash"] is not None and row["prev_hash"] != prev):
+    sha256 = hashlib.sha256
+    for _id, kind, ref_id, payload, prev_hash, stored, _at, call_id, speaker, t0, t1, text in rows:
+        if payload is None:
+            if text is None:
+                return False, n
+            payload = _segment_body(call_id, speaker, t0, t1, text)
+        if prev_hash is not None and prev_hash != prev:
             return False, n
-        digest = as_hex(row["hash"])
-        if digest != entry_hash(prev, row["kind"], row["ref_id"], body):
+        digest = stored.hex() if isinstance(stored, bytes) else stored
+        if digest != sha256(f"{prev}|{kind}|{ref_id}|{payload}".encode()).hexdigest():
             return False, n
         prev, n = digest, n + 1
     return True, n

@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS segments (
     raw_text TEXT NOT NULL, text TEXT NOT NULL, avg_logprob REAL,
     created_at REAL NOT NULL, agent_id TEXT
 );
-CREATE VIRTUAL TABLE IF NOT EXISTS segments_grams USING fts5(uni, bi, content='', tokenize='unicode61');
+-- contentless, no per-row sizes: matches are confirmed on the segment row and ranked by tier and recency, not bm25
+CREATE VIRTUAL TABLE IF NOT EXISTS segments_grams USING fts5(uni, bi, content='', columnsize=0, tokenize='unicode61');
 CREATE TABLE IF NOT EXISTS findings (
     finding_id INTEGER PRIMARY KEY, call_id TEXT NOT NULL REFERENCES calls(call_id),
     segment_id INTEGER REFERENCES segments(segment_id), speaker TEXT NOT NULL, segment_no INTEGER NOT NULL,
@@ -513,7 +514,13 @@ class Archive:
 
     async def verify_chain(self) -> tuple[bool, int]:
         """Recompute every hash; returns (intact, entries checked)."""
-        return await self._read(lambda db: audit.verify(db.execute(f"{audit.ENTRY_ROWS} ORDER BY a.audit_id")))
+
+        def read(db: sqlite3.Connection) -> tuple[bool, int]:
+            rows = db.cursor()
+            rows.row_factory = None  # plain tuples: a million rows
+            return audit.verify(rows.execute(f"{audit.ENTRY_ROWS} ORDER BY a.audit_id"))
+
+        return await self._read(read)
 
     async def search(
         self,
