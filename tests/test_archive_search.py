@@ -19,7 +19,7 @@ from fastapi import FastAPI
 
 from compliance_monitor.api import rest
 from compliance_monitor.archive import archive_from_url, audit
-from compliance_monitor.archive.search import Cursor, Filters, Tier, page_sql
+from compliance_monitor.archive.search import Cursor, Filters, Tier, choose_drive, page_sql
 from compliance_monitor.archive.sqlite import Archive
 from compliance_monitor.archive.textindex import grams, match_expr, normalise_query
 from compliance_monitor.messages import Action, ActionKind, CallStarted, Finding, Severity, Speaker, Transcript
@@ -247,28 +247,55 @@ def plan(db: sqlite3.Connection, sql: str, args: list[Any]) -> str:
     return " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + sql, args))
 
 
+PHRASE, ALL = Tier("phrase", ("还款",)), Tier("all", ())
+
+
 @pytest.mark.parametrize(
-    ("tier", "filters", "expect"),
+    ("tier", "filters", "drive", "expect"),
     [
-        (Tier("phrase", ("还款",)), Filters(), "SCAN g VIRTUAL TABLE INDEX"),
-        (Tier("phrase", ("还款",)), Filters(agent="a1", speaker="agent"), "SCAN g VIRTUAL TABLE INDEX"),
-        (Tier("all", ()), Filters(agent="a1"), "INDEX segments_agent (agent_id=? AND rowid>? AND rowid<?)"),
-        (Tier("all", ()), Filters(since=1.0, until=2.0), "INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
-        (Tier("all", ()), Filters(speaker="agent"), "INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
-        (Tier("all", ()), Filters(category="threat"), "INDEX findings_category (category=? AND segment_id>?"),
-        (Tier("phrase", ("还款",)), Filters(category="threat"), "INDEX findings_category (category=?"),
-        (Tier("all", ()), Filters(severity="high"), "INDEX findings_severity (severity=? AND segment_id>?"),
-        (Tier("all", ()), Filters(action="halt_call"), "INDEX actions_finding (finding_id=? AND action=?)"),
+        (PHRASE, Filters(), "text", "SCAN g VIRTUAL TABLE INDEX"),
+        (PHRASE, Filters(agent="a1", speaker="agent"), "text", "SCAN g VIRTUAL TABLE INDEX"),
+        (PHRASE, Filters(category="threat"), "text", "INDEX findings_category (category=? AND segment_id=?)"),
+        (PHRASE, Filters(action="halt_call"), "text", "INDEX actions_finding (finding_id=? AND action=?)"),
+        (ALL, Filters(agent="a1"), "segments", "INDEX segments_agent (agent_id=? AND rowid>? AND rowid<?)"),
+        (ALL, Filters(since=1.0, until=2.0), "segments", "INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
+        (ALL, Filters(speaker="agent"), "segments", "INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
+        (ALL, Filters(category="threat"), "findings", "INDEX findings_category (category=? AND segment_id>?"),
+        (PHRASE, Filters(category="threat"), "findings", "INDEX findings_category (category=? AND segment_id>?"),
+        (ALL, Filters(severity="high"), "findings", "INDEX findings_severity (severity=? AND segment_id>?"),
+        (ALL, Filters(action="halt_call"), "findings", "INDEX actions_finding (finding_id=? AND action=?)"),
     ],
 )
 async def test_every_filter_has_an_index_and_no_sort(
-    archive: Archive, tier: Tier, filters: Filters, expect: str
+    archive: Archive, tier: Tier, filters: Filters, drive: str, expect: str
 ) -> None:
-    sql, args = page_sql(tier, filters, 0, 10**12, 51)
+    sql, args = page_sql(tier, filters, 0, 10**12, 51, drive)
     got = await archive._read(lambda db: plan(db, sql, args))
     assert expect in got, got
     assert "TEMP B-TREE" not in got, got  # pages come off the index in order: nothing is sorted
     assert "SCAN s" not in got and "SCAN f" not in got, got
+
+
+async def test_the_plan_walks_the_fewer_rows(archive: Archive, tokenizer: Tokenizer) -> None:
+    await archive.start_call(started("c1"))
+    ids = await archive.add_segments(
+        [
+            (Transcript("c1", Speaker.AGENT, n, t, n, n + 1, True), normalise(t, tokenizer))
+            for n, t in enumerate(["请尽快还款"] * 30 + ["法院传票明天送到"])
+        ]
+    )
+    await archive.add_findings([(finding("c1", n, "threat"), sid) for n, sid in enumerate(ids[:20])])
+
+    def drive(tier: Tier, f: Filters) -> Any:
+        return archive._read(lambda db: choose_drive(db, tier, f, 0, 10**12))
+
+    assert await drive(Tier("phrase", ("传票",)), Filters(category="threat")) == "text"  # 1 match < 20 findings
+    assert await drive(Tier("phrase", ("还款",)), Filters(category="threat")) == "findings"  # 30 matches > 20
+    assert await drive(ALL, Filters(category="threat")) == "findings"
+    assert await drive(PHRASE, Filters(agent="a1")) == "text"
+    assert await drive(ALL, Filters(agent="a1")) == "segments"
+    assert await found(archive, "传票", category="threat") == set()
+    assert await found(archive, "还款", category="threat") == set(ids[:20])
 
 
 async def test_page_lookups_use_indexes(archive: Archive) -> None:

@@ -5,10 +5,11 @@ contain all of its words but not the phrase; within a tier, newest first. Both o
 (FTS5 doclists and every filter index are in rowid order), so a page of 50 reads about 50 matches
 instead of sorting them all, and a cursor is just (tier, last segment id).
 
-Each page is one of three plans, chosen by which rows are fewest to walk:
+Each page is one of three plans, chosen by which rows are fewest to walk (choose_drive):
 - findings: a category/severity/action filter (findings are ~4 % of segments) drives, text checked on
   the row;
-- text: the FTS5 gram index drives, other filters checked on the row, dates as a rowid range;
+- text: the FTS5 gram index drives, other filters checked on the row (findings through their
+  segment index), dates as a rowid range;
 - segments: no text and no finding filter; an agent index or the rowid range drives.
 """
 
@@ -127,30 +128,72 @@ def _finding_conditions(f: Filters) -> tuple[list[str], list[Any]]:
     return where, args
 
 
-def page_sql(tier: Tier, f: Filters, lo: int, hi: int, limit: int) -> tuple[str, list[Any]]:
-    """SQL for up to ``limit`` segment ids of one tier with lo <= id <= hi, newest first."""
+def page_sql(tier: Tier, f: Filters, lo: int, hi: int, limit: int, drive: str) -> tuple[str, list[Any]]:
+    """SQL for up to ``limit`` segment ids of one tier with lo <= id <= hi, newest first, walking ``drive``
+    ("findings", "text" or "segments"; see choose_drive)."""
     where, args = _row_conditions(tier, f)
-    expr = match_expr(tier.required)
-    if f.on_findings:
-        fwhere, fargs = _finding_conditions(f)
+    fwhere, fargs = _finding_conditions(f)
+    if drive == "findings":
         sql = (
             "SELECT DISTINCT f.segment_id FROM findings f JOIN segments s ON s.segment_id = f.segment_id "
             f"WHERE {' AND '.join([*fwhere, 'f.segment_id BETWEEN ? AND ?', *where])} "
             "ORDER BY f.segment_id DESC LIMIT ?"
         )
         return sql, [*fargs, lo, hi, *args, limit]
-    if expr is not None:
+    if fwhere:  # finding filters checked per candidate, through findings_segment
+        where.append(f"EXISTS (SELECT 1 FROM findings f WHERE f.segment_id = s.segment_id AND {' AND '.join(fwhere)})")
+        args += fargs
+    if drive == "text":
         sql = (
             "SELECT g.rowid FROM segments_grams g JOIN segments s ON s.segment_id = g.rowid "
             f"WHERE {' AND '.join(['segments_grams MATCH ?', 'g.rowid BETWEEN ? AND ?', *where])} "
             "ORDER BY g.rowid DESC LIMIT ?"
         )
-        return sql, [expr, lo, hi, *args, limit]
+        return sql, [match_expr(tier.required), lo, hi, *args, limit]
     sql = (
         f"SELECT s.segment_id FROM segments s WHERE {' AND '.join(['s.segment_id BETWEEN ? AND ?', *where])} "
         "ORDER BY s.segment_id DESC LIMIT ?"
     )
     return sql, [lo, hi, *args, limit]
+
+
+def choose_drive(db: sqlite3.Connection, tier: Tier, f: Filters, lo: int, hi: int) -> str:
+    """Walk whichever yields fewer rows to check: the text's matches or the findings the filters name.
+
+    Both are read newest first, so the choice changes the cost of a page, never its rows."""
+    has_text = match_expr(tier.required) is not None
+    if not f.on_findings:
+        return "text" if has_text else "segments"
+    if not has_text:
+        return "findings"
+    return "text" if text_matches_at_most(db, tier) < findings_at_most(db, f, lo, hi) else "findings"
+
+
+def text_matches_at_most(db: sqlite3.Connection, tier: Tier) -> int:
+    """An upper bound on the tier's matches: the rarest gram's document count (fts5vocab)."""
+    terms = {t.lower() for needle in tier.required for run in runs(needle) for t in _gram_terms(run)}
+    counts = dict(
+        db.execute(
+            f"SELECT term, doc FROM segments_grams_vocab WHERE term IN ({','.join('?' * len(terms))})", list(terms)
+        ).fetchall()
+    )
+    return min(int(counts.get(t, 0)) for t in terms)
+
+
+def _gram_terms(run: str) -> list[str]:
+    return [run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)]
+
+
+def findings_at_most(db: sqlite3.Connection, f: Filters, lo: int, hi: int, cap: int = 50_000) -> int:
+    """How many findings the findings plan would walk (counted on a covering index, up to ``cap``)."""
+    where, args = [], []
+    for column, value in (("category", f.category), ("severity", f.severity)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    where.append("segment_id BETWEEN ? AND ?")
+    sql = f"SELECT count(*) FROM (SELECT 1 FROM findings WHERE {' AND '.join(where)} LIMIT ?)"
+    return int(db.execute(sql, [*args, lo, hi, cap]).fetchone()[0])
 
 
 def id_bounds(db: sqlite3.Connection, since: float | None, until: float | None) -> tuple[int, int] | None:

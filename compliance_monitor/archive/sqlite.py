@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from compliance_monitor.archive import audit
-from compliance_monitor.archive.search import MAX_ID, Cursor, Filters, Tier, id_bounds, page_sql, tiers
+from compliance_monitor.archive.search import MAX_ID, Cursor, Filters, Tier, choose_drive, id_bounds, page_sql, tiers
 from compliance_monitor.archive.textindex import grams
 from compliance_monitor.messages import Action, CallStarted, Finding, NormalisedText, Transcript
 
@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS segments (
 );
 -- contentless, no per-row sizes: matches are confirmed on the segment row and ranked by tier and recency, not bm25
 CREATE VIRTUAL TABLE IF NOT EXISTS segments_grams USING fts5(uni, bi, content='', columnsize=0, tokenize='unicode61');
+CREATE VIRTUAL TABLE IF NOT EXISTS segments_grams_vocab USING fts5vocab(segments_grams, 'row');
 CREATE TABLE IF NOT EXISTS findings (
     finding_id INTEGER PRIMARY KEY, call_id TEXT NOT NULL REFERENCES calls(call_id),
     segment_id INTEGER REFERENCES segments(segment_id), speaker TEXT NOT NULL, segment_no INTEGER NOT NULL,
@@ -160,7 +161,9 @@ class Archive:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = _connect(self.path)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a row is on disk before its event is published, even across a power cut; group commit
+        # pays the fsync once per batch of waiting writes.
+        db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         with db:
             db.execute("BEGIN IMMEDIATE")
@@ -568,7 +571,8 @@ class Archive:
         found: list[tuple[int, int]] = []  # (tier, segment id), one more than a page when there is more
         for level in range(after.tier, len(levels)):
             hi = min(bounds[1], after.before_id - 1) if level == after.tier else bounds[1]
-            sql, args = page_sql(levels[level], f, bounds[0], hi, limit + 1 - len(found))
+            drive = choose_drive(db, levels[level], f, bounds[0], hi)
+            sql, args = page_sql(levels[level], f, bounds[0], hi, limit + 1 - len(found), drive)
             found += [(level, int(r[0])) for r in db.execute(sql, args)]
             if len(found) > limit:
                 break
