@@ -190,6 +190,16 @@ async def test_every_filter(archive: Archive, tokenizer: Tokenizer, clock: Clock
     assert hit["agent_id"] == "a1"
 
 
+async def test_an_action_on_a_partial_finding_follows_it_to_its_segment(archive: Archive, tokenizer: Tokenizer) -> None:
+    await archive.start_call(started("c1"))
+    raised = await archive.add_finding(finding("c1", 0, "threat"), None)  # raised on a partial transcript
+    await archive.add_action(Action("c1", ActionKind.WARN_COLLECTOR, finding("c1", 0, "threat"), "w"), raised)
+    sid = await say(archive, tokenizer, "c1", "不还钱后果自负", 0)
+    await archive.link_finding(raised, sid)  # the final confirms it
+    assert await found(archive, None, action="warn_collector") == {sid}
+    assert await found(archive, "后果", action="warn_collector", category="threat") == {sid}
+
+
 async def test_archive_times_never_go_back(archive: Archive, tokenizer: Tokenizer, clock: Clock) -> None:
     await archive.start_call(started("c1"))
     clock.t = 5000.0
@@ -263,7 +273,9 @@ PHRASE, ALL = Tier("phrase", ("还款",)), Tier("all", ())
         (ALL, Filters(category="threat"), "findings", "INDEX findings_category (category=? AND segment_id>?"),
         (PHRASE, Filters(category="threat"), "findings", "INDEX findings_category (category=? AND segment_id>?"),
         (ALL, Filters(severity="high"), "findings", "INDEX findings_severity (severity=? AND segment_id>?"),
-        (ALL, Filters(action="halt_call"), "findings", "INDEX actions_finding (finding_id=? AND action=?)"),
+        (ALL, Filters(action="halt_call"), "actions", "INDEX actions_kind (action=? AND segment_id>?"),
+        (PHRASE, Filters(action="halt_call", category="threat"), "actions", "INDEX actions_kind (action=?"),
+        (ALL, Filters(action="halt_call", category="threat"), "findings", "INDEX actions_finding (finding_id=?"),
     ],
 )
 async def test_every_filter_has_an_index_and_no_sort(
@@ -294,6 +306,8 @@ async def test_the_plan_walks_the_fewer_rows(archive: Archive, tokenizer: Tokeni
     assert await drive(ALL, Filters(category="threat")) == "findings"
     assert await drive(PHRASE, Filters(agent="a1")) == "text"
     assert await drive(ALL, Filters(agent="a1")) == "segments"
+    assert await drive(ALL, Filters(action="halt_call")) == "actions"
+    assert await drive(ALL, Filters(action="halt_call", category="threat")) == "actions"  # no actions: 0 < 20
     assert await found(archive, "传票", category="threat") == set()
     assert await found(archive, "还款", category="threat") == set(ids[:20])
 
@@ -376,6 +390,8 @@ def legacy_archive(path: Path) -> None:
             "VALUES ('old', 1, 'agent', 0, 'r', 'threat', 'high', '起诉', 0, 2, 0, 1, 'e', 'rule', 1.0, 101.0)"
         )
         audit(db, "finding", "1", {"call_id": "old", "rule_id": "r", "category": "threat", "matched_text": "起诉"})
+        db.execute("INSERT INTO actions VALUES (1, 'old', 1, 'warn_collector', 'w', 'policy', 102.0)")
+        audit(db, "action", "1", {"call_id": "old", "action": "warn_collector", "actor": "policy", "reason": "w"})
 
 
 async def test_an_older_archive_migrates_on_open(tmp_path: Path, tokenizer: Tokenizer) -> None:
@@ -384,24 +400,26 @@ async def test_an_older_archive_migrates_on_open(tmp_path: Path, tokenizer: Toke
     arc = archive_from_url(f"sqlite:///{path}", tokenizer.cut_for_search)
     await arc.open()
     try:
-        assert await arc.verify_chain() == (True, 4)
+        assert await arc.verify_chain() == (True, 5)
         assert [h["segment_id"] for h in await arc.search("起诉")] == [1]  # the old index kept 起诉书 whole
         assert await found(arc, None, agent="a9", category="threat") == {1}  # agent backfilled, finding indexed
+        assert await found(arc, "起诉", action="warn_collector") == {1}  # the action's segment backfilled
         new = await say(arc, tokenizer, "old", "还款日是下周一", 2)  # the old NOT NULL tokens column still exists
         await arc.end_call("old", "hangup", 200.0)
         assert await found(arc, "还款") == {2, new}
-        assert await arc.verify_chain() == (True, 6)  # old entries and compact new ones, one chain
+        assert await arc.verify_chain() == (True, 7)  # old entries and compact new ones, one chain
         entries = await arc.audit_entries("old")
         assert [e["kind"] for e in entries] == [
             "call_started",
             "segment",
             "segment",
             "finding",
+            "action",
             "segment",
             "call_ended",
         ]
         assert all(e["prev_hash"] == p["hash"] for p, e in zip(entries, entries[1:], strict=False))
-        assert json.loads(entries[4]["payload"])["text"] == "还款日是下周一"
+        assert json.loads(entries[5]["payload"])["text"] == "还款日是下周一"
     finally:
         await arc.aclose()
     with sqlite3.connect(path) as db:
@@ -409,7 +427,7 @@ async def test_an_older_archive_migrates_on_open(tmp_path: Path, tokenizer: Toke
     assert "segments_fts" not in tables and "audit_legacy" not in tables
     again = Archive(path, tokenizer.cut_for_search)  # a second open finds nothing left to migrate
     await again.open()
-    assert await again.verify_chain() == (True, 6)
+    assert await again.verify_chain() == (True, 7)
     await again.aclose()
 
 

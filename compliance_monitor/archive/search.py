@@ -6,8 +6,8 @@ contain all of its words but not the phrase; within a tier, newest first. Both o
 instead of sorting them all, and a cursor is just (tier, last segment id).
 
 Each page is one of three plans, chosen by which rows are fewest to walk (choose_drive):
-- findings: a category/severity/action filter (findings are ~4 % of segments) drives, text checked on
-  the row;
+- findings / actions: a category or severity (findings are ~4 % of segments) or an action filter drives,
+  the text checked on the row;
 - text: the FTS5 gram index drives, other filters checked on the row (findings through their
   segment index), dates as a rowid range;
 - segments: no text and no finding filter; an agent index or the rowid range drives.
@@ -130,9 +130,22 @@ def _finding_conditions(f: Filters) -> tuple[list[str], list[Any]]:
 
 def page_sql(tier: Tier, f: Filters, lo: int, hi: int, limit: int, drive: str) -> tuple[str, list[Any]]:
     """SQL for up to ``limit`` segment ids of one tier with lo <= id <= hi, newest first, walking ``drive``
-    ("findings", "text" or "segments"; see choose_drive)."""
+    ("text", "findings", "actions" or "segments"; see choose_drive)."""
     where, args = _row_conditions(tier, f)
     fwhere, fargs = _finding_conditions(f)
+    if drive == "actions":  # the action filter drives; the rest of the finding filters on its finding
+        fwhere, fargs = _finding_conditions(Filters(category=f.category, severity=f.severity))
+        if fwhere:
+            where.append(
+                f"EXISTS (SELECT 1 FROM findings f WHERE f.finding_id = a.finding_id AND {' AND '.join(fwhere)})"
+            )
+            args = [*args, *fargs]
+        sql = (
+            "SELECT DISTINCT a.segment_id FROM actions a JOIN segments s ON s.segment_id = a.segment_id "
+            f"WHERE {' AND '.join(['a.action = ?', 'a.segment_id BETWEEN ? AND ?', *where])} "
+            "ORDER BY a.segment_id DESC LIMIT ?"
+        )
+        return sql, [f.action, lo, hi, *args, limit]
     if drive == "findings":
         sql = (
             "SELECT DISTINCT f.segment_id FROM findings f JOIN segments s ON s.segment_id = f.segment_id "
@@ -158,15 +171,21 @@ def page_sql(tier: Tier, f: Filters, lo: int, hi: int, limit: int, drive: str) -
 
 
 def choose_drive(db: sqlite3.Connection, tier: Tier, f: Filters, lo: int, hi: int) -> str:
-    """Walk whichever yields fewer rows to check: the text's matches or the findings the filters name.
-
-    Both are read newest first, so the choice changes the cost of a page, never its rows."""
-    has_text = match_expr(tier.required) is not None
-    if not f.on_findings:
-        return "text" if has_text else "segments"
-    if not has_text:
-        return "findings"
-    return "text" if text_matches_at_most(db, tier) < findings_at_most(db, f, lo, hi) else "findings"
+    """Walk whichever yields fewest rows to check: the text's matches, the findings or the actions the
+    filters name, else the segments. All are read newest first, so the choice changes the cost of a
+    page, never its rows."""
+    counts: dict[str, Callable[[], int]] = {}
+    if match_expr(tier.required) is not None:
+        counts["text"] = lambda: text_matches_at_most(db, tier)
+    if f.category or f.severity:
+        counts["findings"] = lambda: _count_at_most(db, "findings", f, lo, hi)
+    if f.action:
+        counts["actions"] = lambda: _count_at_most(db, "actions", f, lo, hi)
+    if not counts:
+        return "segments"
+    if len(counts) == 1:
+        return next(iter(counts))
+    return min(counts, key=lambda drive: counts[drive]())
 
 
 def text_matches_at_most(db: sqlite3.Connection, tier: Tier) -> int:
@@ -184,15 +203,13 @@ def _gram_terms(run: str) -> list[str]:
     return [run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)]
 
 
-def findings_at_most(db: sqlite3.Connection, f: Filters, lo: int, hi: int, cap: int = 50_000) -> int:
-    """How many findings the findings plan would walk (counted on a covering index, up to ``cap``)."""
-    where, args = [], []
-    for column, value in (("category", f.category), ("severity", f.severity)):
-        if value:
-            where.append(f"{column} = ?")
-            args.append(value)
+def _count_at_most(db: sqlite3.Connection, table: str, f: Filters, lo: int, hi: int, cap: int = 50_000) -> int:
+    """How many findings (or actions) a filter names in the id range, counted on its index up to ``cap``."""
+    columns = (("category", f.category), ("severity", f.severity)) if table == "findings" else (("action", f.action),)
+    where = [f"{column} = ?" for column, value in columns if value]
+    args = [value for _, value in columns if value]
     where.append("segment_id BETWEEN ? AND ?")
-    sql = f"SELECT count(*) FROM (SELECT 1 FROM findings WHERE {' AND '.join(where)} LIMIT ?)"
+    sql = f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {' AND '.join(where)} LIMIT ?)"
     return int(db.execute(sql, [*args, lo, hi, cap]).fetchone()[0])
 
 

@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS findings (
 CREATE TABLE IF NOT EXISTS actions (
     action_id INTEGER PRIMARY KEY, call_id TEXT NOT NULL REFERENCES calls(call_id),
     finding_id INTEGER REFERENCES findings(finding_id), action TEXT NOT NULL, reason TEXT NOT NULL,
-    actor TEXT NOT NULL, created_at REAL NOT NULL
+    actor TEXT NOT NULL, created_at REAL NOT NULL,
+    segment_id INTEGER  -- the finding's segment, copied so that an action filter walks an index in id order
 );
 CREATE TABLE IF NOT EXISTS audit (
     audit_id INTEGER PRIMARY KEY, kind TEXT NOT NULL, ref_id TEXT NOT NULL,
@@ -83,6 +84,7 @@ CREATE INDEX IF NOT EXISTS findings_category ON findings(category, segment_id);
 CREATE INDEX IF NOT EXISTS findings_severity ON findings(severity, segment_id);
 CREATE INDEX IF NOT EXISTS actions_finding ON actions(finding_id, action);
 CREATE INDEX IF NOT EXISTS actions_call ON actions(call_id);
+CREATE INDEX IF NOT EXISTS actions_kind ON actions(action, segment_id);
 CREATE INDEX IF NOT EXISTS audit_ref ON audit(kind, ref_id);
 """
 
@@ -183,6 +185,11 @@ class Archive:
         if _add_missing_columns(db, "segments", {"agent_id": "TEXT"}):
             db.execute(
                 "UPDATE segments SET agent_id = (SELECT c.agent_id FROM calls c WHERE c.call_id = segments.call_id)"
+            )
+        if _add_missing_columns(db, "actions", {"segment_id": "INTEGER"}):
+            db.execute(
+                "UPDATE actions SET segment_id = "
+                "(SELECT f.segment_id FROM findings f WHERE f.finding_id = actions.finding_id)"
             )
         if _columns(db, "audit")["payload"]["notnull"]:
             _compact_audit_table(db)
@@ -406,6 +413,7 @@ class Archive:
 
         def write(db: sqlite3.Connection) -> None:
             db.execute("UPDATE findings SET segment_id = ? WHERE finding_id = ?", (segment_id, finding_id))
+            db.execute("UPDATE actions SET segment_id = ? WHERE finding_id = ?", (segment_id, finding_id))
             self._audit("finding_confirmed", finding_id, {"segment_id": segment_id})
 
         await self._write(write)
@@ -428,8 +436,9 @@ class Archive:
     async def add_manual_action(self, call_id: str, kind: str, reason: str, finding_id: int | None, actor: str) -> int:
         def write(db: sqlite3.Connection) -> int:
             cur = db.execute(
-                "INSERT INTO actions(call_id, finding_id, action, reason, actor, created_at) VALUES (?,?,?,?,?,?)",
-                (call_id, finding_id, kind, reason, actor, self._now()),
+                "INSERT INTO actions(call_id, finding_id, action, reason, actor, created_at, segment_id) "
+                "VALUES (?,?,?,?,?,?,(SELECT segment_id FROM findings WHERE finding_id = ?))",
+                (call_id, finding_id, kind, reason, actor, self._now(), finding_id),
             )
             action_id = int(cur.lastrowid or 0)
             self._audit("action", action_id, {"call_id": call_id, "action": kind, "actor": actor, "reason": reason})
