@@ -270,9 +270,9 @@ PHRASE, ALL = Tier("phrase", ("还款",)), Tier("all", ())
         (ALL, Filters(agent="a1"), "segments", "INDEX segments_agent (agent_id=? AND rowid>? AND rowid<?)"),
         (ALL, Filters(since=1.0, until=2.0), "segments", "INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
         (ALL, Filters(speaker="agent"), "segments", "INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
-        (ALL, Filters(category="threat"), "findings", "INDEX findings_category (category=? AND segment_id>?"),
-        (PHRASE, Filters(category="threat"), "findings", "INDEX findings_category (category=? AND segment_id>?"),
-        (ALL, Filters(severity="high"), "findings", "INDEX findings_severity (severity=? AND segment_id>?"),
+        (ALL, Filters(category="threat"), "findings", "COVERING INDEX findings_category (category=? AND segment_id>?"),
+        (PHRASE, Filters(category="threat"), "findings", "COVERING INDEX findings_category (category=?"),
+        (ALL, Filters(severity="high"), "findings", "COVERING INDEX findings_severity (severity=? AND segment_id>?"),
         (ALL, Filters(action="halt_call"), "actions", "INDEX actions_kind (action=? AND segment_id>?"),
         (PHRASE, Filters(action="halt_call", category="threat"), "actions", "INDEX actions_kind (action=?"),
         (ALL, Filters(action="halt_call", category="threat"), "findings", "INDEX actions_finding (finding_id=?"),
@@ -404,6 +404,7 @@ async def test_an_older_archive_migrates_on_open(tmp_path: Path, tokenizer: Toke
         assert [h["segment_id"] for h in await arc.search("起诉")] == [1]  # the old index kept 起诉书 whole
         assert await found(arc, None, agent="a9", category="threat") == {1}  # agent backfilled, finding indexed
         assert await found(arc, "起诉", action="warn_collector") == {1}  # the action's segment backfilled
+        assert await found(arc, "起诉", category="threat") == {1}  # the finding's copy of the text backfilled
         new = await say(arc, tokenizer, "old", "还款日是下周一", 2)  # the old NOT NULL tokens column still exists
         await arc.end_call("old", "hangup", 200.0)
         assert await found(arc, "还款") == {2, new}

@@ -92,15 +92,15 @@ def _content_words(q: str, tokenize: Callable[[str], Iterable[str]]) -> list[str
 # --------------------------------------------------------------------------- SQL
 
 
-def _row_conditions(tier: Tier, f: Filters) -> tuple[list[str], list[Any]]:
+def _row_conditions(tier: Tier, f: Filters, text: str = "s.text") -> tuple[list[str], list[Any]]:
     """Conditions on the segment row ``s``: exact text (ASCII case folded, as LIKE does) and row filters."""
     where: list[str] = []
     args: list[Any] = []
     for needle in tier.required:
-        where.append("instr(lower(s.text), lower(?)) > 0")
+        where.append(f"instr(lower({text}), lower(?)) > 0")
         args.append(needle)
     if tier.excluded:
-        where.append("instr(lower(s.text), lower(?)) = 0")
+        where.append(f"instr(lower({text}), lower(?)) = 0")
         args.append(tier.excluded)
     for column, value in (("s.speaker", f.speaker), ("s.agent_id", f.agent)):
         if value:
@@ -147,6 +147,8 @@ def page_sql(tier: Tier, f: Filters, lo: int, hi: int, limit: int, drive: str) -
         )
         return sql, [f.action, lo, hi, *args, limit]
     if drive == "findings":
+        # the text is checked on the finding's copy, inside the filter's index: no row read per finding
+        where, args = _row_conditions(tier, f, text="f.segment_text")
         sql = (
             "SELECT DISTINCT f.segment_id FROM findings f JOIN segments s ON s.segment_id = f.segment_id "
             f"WHERE {' AND '.join([*fwhere, 'f.segment_id BETWEEN ? AND ?', *where])} "
@@ -185,7 +187,12 @@ def choose_drive(db: sqlite3.Connection, tier: Tier, f: Filters, lo: int, hi: in
         return "segments"
     if len(counts) == 1:
         return next(iter(counts))
-    return min(counts, key=lambda drive: counts[drive]())
+    return min(counts, key=lambda drive: counts[drive]() * ROW_COST[drive])
+
+
+# Relative cost of one row walked: the text and action walks read each candidate's segment row, the
+# findings walk reads only its index (which holds the segment text).
+ROW_COST = {"text": 8, "actions": 8, "findings": 1}
 
 
 def text_matches_at_most(db: sqlite3.Connection, tier: Tier) -> int:

@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS findings (
     rule_id TEXT NOT NULL, category TEXT NOT NULL, severity TEXT NOT NULL, matched_text TEXT NOT NULL,
     span_start INTEGER NOT NULL, span_end INTEGER NOT NULL, t0 REAL NOT NULL, t1 REAL NOT NULL,
     explanation TEXT NOT NULL, source TEXT NOT NULL, score REAL NOT NULL, created_at REAL NOT NULL,
-    withdrawn_at REAL, withdrawn_reason TEXT
+    withdrawn_at REAL, withdrawn_reason TEXT,
+    segment_text TEXT  -- the segment's text, copied: text + category/severity is answered from one index
 );
 CREATE TABLE IF NOT EXISTS actions (
     action_id INTEGER PRIMARY KEY, call_id TEXT NOT NULL REFERENCES calls(call_id),
@@ -80,8 +81,8 @@ CREATE INDEX IF NOT EXISTS segments_call ON segments(call_id, t0);
 CREATE INDEX IF NOT EXISTS segments_agent ON segments(agent_id);
 CREATE INDEX IF NOT EXISTS findings_call ON findings(call_id);
 CREATE INDEX IF NOT EXISTS findings_segment ON findings(segment_id);
-CREATE INDEX IF NOT EXISTS findings_category ON findings(category, segment_id);
-CREATE INDEX IF NOT EXISTS findings_severity ON findings(severity, segment_id);
+CREATE INDEX IF NOT EXISTS findings_category ON findings(category, segment_id, segment_text);
+CREATE INDEX IF NOT EXISTS findings_severity ON findings(severity, segment_id, segment_text);
 CREATE INDEX IF NOT EXISTS actions_finding ON actions(finding_id, action);
 CREATE INDEX IF NOT EXISTS actions_call ON actions(call_id);
 CREATE INDEX IF NOT EXISTS actions_kind ON actions(action, segment_id);
@@ -185,6 +186,11 @@ class Archive:
         if _add_missing_columns(db, "segments", {"agent_id": "TEXT"}):
             db.execute(
                 "UPDATE segments SET agent_id = (SELECT c.agent_id FROM calls c WHERE c.call_id = segments.call_id)"
+            )
+        if _add_missing_columns(db, "findings", {"segment_text": "TEXT"}):
+            db.execute(
+                "UPDATE findings SET segment_text = (SELECT s.text FROM segments s WHERE s.segment_id = "
+                "findings.segment_id) WHERE segment_id IS NOT NULL"
             )
         if _add_missing_columns(db, "actions", {"segment_id": "INTEGER"}):
             db.execute(
@@ -377,8 +383,8 @@ class Archive:
     def _insert_finding(self, db: sqlite3.Connection, f: Finding, segment_id: int | None) -> int:
         cur = db.execute(
             "INSERT INTO findings(call_id, segment_id, speaker, segment_no, rule_id, category, severity, "
-            "matched_text, span_start, span_end, t0, t1, explanation, source, score, created_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "matched_text, span_start, span_end, t0, t1, explanation, source, score, created_at, segment_text) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,(SELECT text FROM segments WHERE segment_id = ?))",
             (
                 f.call_id,
                 segment_id,
@@ -396,6 +402,7 @@ class Archive:
                 f.source,
                 f.score,
                 self._now(),
+                segment_id,
             ),
         )
         finding_id = int(cur.lastrowid or 0)
@@ -412,7 +419,11 @@ class Archive:
             return
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE findings SET segment_id = ? WHERE finding_id = ?", (segment_id, finding_id))
+            db.execute(
+                "UPDATE findings SET segment_id = ?1, segment_text = (SELECT text FROM segments WHERE segment_id = ?1) "
+                "WHERE finding_id = ?2",
+                (segment_id, finding_id),
+            )
             db.execute("UPDATE actions SET segment_id = ? WHERE finding_id = ?", (segment_id, finding_id))
             self._audit("finding_confirmed", finding_id, {"segment_id": segment_id})
 
