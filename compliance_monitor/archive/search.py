@@ -5,12 +5,13 @@ contain all of its words but not the phrase; within a tier, newest first. Both o
 (FTS5 doclists and every filter index are in rowid order), so a page of 50 reads about 50 matches
 instead of sorting them all, and a cursor is just (tier, last segment id).
 
-Each page is one of three plans, chosen by which rows are fewest to walk (choose_drive):
-- findings / actions: a category or severity (findings are ~4 % of segments) or an action filter drives,
-  the text checked on the row;
-- text: the FTS5 gram index drives, other filters checked on the row (findings through their
-  segment index), dates as a rowid range;
-- segments: no text and no finding filter; an agent index or the rowid range drives.
+Each page walks one of four orders, whichever has the fewest rows to read (choose_drive):
+- text: the FTS5 gram index; other filters checked on the row (findings through their index), dates as
+  a rowid range;
+- findings: a category or severity index, which holds each finding's segment text, so the text is checked
+  without reading a row;
+- actions: an action index (actions carry their finding's segment id);
+- segments: no text and no finding filter; the agent index or the rowid range.
 """
 
 from __future__ import annotations
