@@ -179,7 +179,7 @@ def choose_drive(db: sqlite3.Connection, tier: Tier, f: Filters, lo: int, hi: in
     page, never its rows."""
     counts: dict[str, Callable[[], int]] = {}
     if match_expr(tier.required) is not None:
-        counts["text"] = lambda: text_matches_at_most(db, tier)
+        counts["text"] = lambda: int(text_matches_at_most(db, tier) * _share_of_ids(db, lo, hi))
     if f.category or f.severity:
         counts["findings"] = lambda: _count_at_most(db, "findings", f, lo, hi)
     if f.action:
@@ -189,6 +189,20 @@ def choose_drive(db: sqlite3.Connection, tier: Tier, f: Filters, lo: int, hi: in
     if len(counts) == 1:
         return next(iter(counts))
     return min(counts, key=lambda drive: counts[drive]() * ROW_COST[drive])
+
+
+def _share_of_ids(db: sqlite3.Connection, lo: int, hi: int) -> float:
+    """The fraction of the archive a date range's id range spans (document counts are archive-wide)."""
+    first, last = _id_span(db)
+    if first is None or (lo <= first and hi >= last):
+        return 1.0
+    return max(0.0, min(hi, last) - max(lo, first) + 1) / (last - first + 1)
+
+
+def _id_span(db: sqlite3.Connection) -> tuple[int | None, int | None]:
+    # two subqueries: min() and max() in one SELECT would scan the table instead of reading both ends
+    row = db.execute("SELECT (SELECT min(segment_id) FROM segments), (SELECT max(segment_id) FROM segments)").fetchone()
+    return row[0], row[1]
 
 
 # Relative cost of one row walked: the text and action walks read each candidate's segment row, the
@@ -244,11 +258,9 @@ def id_bounds(db: sqlite3.Connection, since: float | None, until: float | None) 
 def _edge_id(db: sqlite3.Connection, t: float, *, first: bool) -> int | None:
     """Binary search over the rowid: the first id archived at or after ``t`` (first=False: the last at or
     before it)."""
-    # two subqueries: min() and max() in one SELECT would scan the table instead of reading both ends
-    row = db.execute("SELECT (SELECT min(segment_id) FROM segments), (SELECT max(segment_id) FROM segments)").fetchone()
-    if row[0] is None:
+    lo, hi = _id_span(db)
+    if lo is None or hi is None:
         return None
-    lo, hi = int(row[0]), int(row[1])
     best = None
     while lo <= hi:
         mid = (lo + hi) // 2
