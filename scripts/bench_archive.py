@@ -182,7 +182,7 @@ async def build(arc: Archive, clock: SimClock, corpus: Corpus, segments: int, se
             *(build_call(arc, corpus, clock, n + i, s, a, seed * 1_000_003 + n + i) for i, (s, a) in enumerate(batch))
         )
         done, n = done + sum(written), n + len(batch)
-        if n % 800 < 8:
+        if n // 800 != (n - len(batch)) // 800:
             rate = done / (time.perf_counter() - t_start)
             print(f"  {done:,} segments, {n:,} calls, {rate:,.0f} segments/s", flush=True)
     print(f"built {done:,} segments in {time.perf_counter() - t_start:.0f} s", flush=True)

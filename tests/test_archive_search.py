@@ -304,7 +304,11 @@ async def test_the_plan_walks_the_fewer_rows(archive: Archive, tokenizer: Tokeni
     assert await drive(Tier("phrase", ("传票",)), Filters(category="threat")) == "text"  # 1 match < 20 findings
     assert await drive(Tier("phrase", ("还款",)), Filters(category="threat")) == "findings"  # 30 matches > 20
     assert await drive(ALL, Filters(category="threat")) == "findings"
-    assert await drive(PHRASE, Filters(agent="a1")) == "text"
+    assert await drive(Tier("phrase", ("传票",)), Filters(agent="a1")) == "text"  # 1 match < 31 segments of a1
+    await archive.start_call(started("c2", "a2"))
+    other = await say(archive, tokenizer, "c2", "还款吗", 0)
+    assert await drive(PHRASE, Filters(agent="a2")) == "segments"  # 1 segment of a2 < 31 matches
+    assert await found(archive, "还款", agent="a2") == {other}
     assert await drive(ALL, Filters(agent="a1")) == "segments"
     assert await drive(ALL, Filters(action="halt_call")) == "actions"
     assert await drive(ALL, Filters(action="halt_call", category="threat")) == "actions"  # no actions: 0 < 20

@@ -11,7 +11,8 @@ Each page walks one of four orders, whichever has the fewest rows to read (choos
 - findings: a category or severity index, which holds each finding's segment text, so the text is checked
   without reading a row;
 - actions: an action index (actions carry their finding's segment id);
-- segments: no text and no finding filter; the agent index or the rowid range.
+- segments: the agent index (when an agent's segments are fewer than the text's matches), or with
+  neither text nor finding filters the rowid range.
 """
 
 from __future__ import annotations
@@ -174,8 +175,8 @@ def page_sql(tier: Tier, f: Filters, lo: int, hi: int, limit: int, drive: str) -
 
 
 def choose_drive(db: sqlite3.Connection, tier: Tier, f: Filters, lo: int, hi: int) -> str:
-    """Walk whichever yields fewest rows to check: the text's matches, the findings or the actions the
-    filters name, else the segments. All are read newest first, so the choice changes the cost of a
+    """Walk whichever yields fewest rows to check: the text's matches, the findings, actions or agent's
+    segments the filters name, else the segments. All are read newest first, so the choice changes the cost of a
     page, never its rows."""
     counts: dict[str, Callable[[], int]] = {}
     if match_expr(tier.required) is not None:
@@ -184,6 +185,8 @@ def choose_drive(db: sqlite3.Connection, tier: Tier, f: Filters, lo: int, hi: in
         counts["findings"] = lambda: _count_at_most(db, "findings", f, lo, hi)
     if f.action:
         counts["actions"] = lambda: _count_at_most(db, "actions", f, lo, hi)
+    if f.agent and counts:
+        counts["segments"] = lambda: _count_at_most(db, "segments", f, lo, hi)
     if not counts:
         return "segments"
     if len(counts) == 1:
@@ -207,7 +210,7 @@ def _id_span(db: sqlite3.Connection) -> tuple[int | None, int | None]:
 
 # Relative cost of one row walked: the text and action walks read each candidate's segment row, the
 # findings walk reads only its index (which holds the segment text).
-ROW_COST = {"text": 8, "actions": 8, "findings": 1}
+ROW_COST = {"text": 8, "actions": 8, "segments": 8, "findings": 1}
 
 
 def text_matches_at_most(db: sqlite3.Connection, tier: Tier) -> int:
@@ -226,8 +229,13 @@ def _gram_terms(run: str) -> list[str]:
 
 
 def _count_at_most(db: sqlite3.Connection, table: str, f: Filters, lo: int, hi: int, cap: int = 50_000) -> int:
-    """How many findings (or actions) a filter names in the id range, counted on its index up to ``cap``."""
-    columns = (("category", f.category), ("severity", f.severity)) if table == "findings" else (("action", f.action),)
+    """How many findings, actions or an agent's segments the filters name in the id range, counted on their
+    index up to ``cap``."""
+    columns = {
+        "findings": (("category", f.category), ("severity", f.severity)),
+        "actions": (("action", f.action),),
+        "segments": (("agent_id", f.agent),),
+    }[table]
     where = [f"{column} = ?" for column, value in columns if value]
     args = [value for _, value in columns if value]
     where.append("segment_id BETWEEN ? AND ?")
