@@ -94,6 +94,7 @@ SCHEMA = TABLES + INDEXES
 _STANDING = "f.call_id = c.call_id AND f.withdrawn_at IS NULL"  # a call's findings, less the withdrawn
 _SEVERITY_ORDER = "CASE severity WHEN 'critical' THEN 3 WHEN 'high' THEN 2 WHEN 'warn' THEN 1 ELSE 0 END"
 GENESIS = audit.GENESIS
+CHECKPOINT_EVERY_S = 0.5
 _MIGRATE_BATCH = 5000
 
 
@@ -151,6 +152,10 @@ class Archive:
         self._queue: list[_Op] = []
         self._draining = False
         self._db: sqlite3.Connection | None = None
+        self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-checkpoint")
+        self._checkpoint_db: sqlite3.Connection | None = None
+        self._checkpoint_busy = False
+        self._checkpoint_at = 0.0
         self._last_hash = GENESIS
         self._last_time = 0.0
         self._segment_sql = _segment_insert(legacy_tokens=False)
@@ -168,6 +173,7 @@ class Archive:
         # pays the fsync once per batch of waiting writes.
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on their own thread (_maybe_checkpoint)
         with db:
             db.execute("BEGIN IMMEDIATE")
             self._migrate(db)
@@ -213,6 +219,9 @@ class Archive:
         for db in self._reader_dbs:
             db.close()
         self._reader_dbs.clear()
+        await loop.run_in_executor(None, self._checkpointer.shutdown, True)
+        if self._checkpoint_db is not None:
+            self._checkpoint_db.close()
         await loop.run_in_executor(self._writer, self._close_writer)
         self._writer.shutdown(wait=True)
 
@@ -265,6 +274,29 @@ class Archive:
             outcomes = [(False, exc)] * len(batch)
         for op, (ok, value) in zip(batch, outcomes, strict=True):
             op.loop.call_soon_threadsafe(_settle, op.future, ok, value)
+        self._maybe_checkpoint()
+
+    def _maybe_checkpoint(self) -> None:
+        """Copy the WAL back into the database from another thread, at most every CHECKPOINT_EVERY_S.
+
+        SQLite's own auto-checkpoint runs inside the COMMIT that crosses its threshold, so some live
+        call's final would wait for it (and, with readers holding snapshots, for the fsync of the file)."""
+        now = time.monotonic()
+        if self._checkpoint_busy or now - self._checkpoint_at < CHECKPOINT_EVERY_S:
+            return
+        self._checkpoint_busy, self._checkpoint_at = True, now
+        self._checkpointer.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        try:
+            if self._checkpoint_db is None:
+                self._checkpoint_db = _connect(self.path)
+            # PASSIVE: copies what no reader still needs, never waits for readers or the writer
+            self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            log.exception("archive checkpoint failed; the WAL stays longer, nothing is lost")
+        finally:
+            self._checkpoint_busy = False
 
     def _apply(self, db: sqlite3.Connection, op: _Op) -> tuple[bool, Any]:
         chain_before = self._last_hash
