@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -99,10 +100,10 @@ def _row_conditions(tier: Tier, f: Filters, text: str = "s.text") -> tuple[list[
     where: list[str] = []
     args: list[Any] = []
     for needle in tier.required:
-        where.append(f"instr(lower({text}), lower(?)) > 0")
+        where.append(f"{_contains(text, needle)} > 0")
         args.append(needle)
     if tier.excluded:
-        where.append(f"instr(lower({text}), lower(?)) = 0")
+        where.append(f"{_contains(text, tier.excluded)} = 0")
         args.append(tier.excluded)
     for column, value in (("s.speaker", f.speaker), ("s.agent_id", f.agent)):
         if value:
@@ -115,6 +116,13 @@ def _row_conditions(tier: Tier, f: Filters, text: str = "s.text") -> tuple[list[
         where.append("s.created_at <= ?")
         args.append(f.until)
     return where, args
+
+
+def _contains(text: str, needle: str) -> str:
+    # lower() copies every row's text; only a needle with ASCII letters can need it (SQLite folds ASCII only)
+    if re.search("[A-Za-z]", needle):
+        return f"instr(lower({text}), lower(?))"
+    return f"instr({text}, ?)"
 
 
 def _finding_conditions(f: Filters) -> tuple[list[str], list[Any]]:
