@@ -319,6 +319,28 @@ async def recall(arc: Archive, queries: list[str]) -> list[tuple[str, int, int, 
     return out
 
 
+# --------------------------------------------------------------------------- other reads
+
+
+async def other_reads(arc: Archive, rng: random.Random) -> list[tuple[str, ...]]:
+    """The call view and evidence export's reads (the export verifies the whole chain)."""
+    calls = [f"bench-{rng.randrange(100):06d}" for _ in range(10)]
+    rows = []
+    for name, make in (
+        ("call list (50)", lambda _: arc.list_calls("all", 50)),
+        ("one call (get_call)", arc.get_call),
+        ("one call's audit entries", arc.audit_entries),
+    ):
+        ms = [await timed(lambda c=c, make=make: make(c)) * 1000 for c in calls]
+        rows.append((name, f"{pct(ms, 50):.1f}", f"{pct(ms, 95):.1f}", f"{max(ms):.1f}"))
+    t = time.perf_counter()
+    intact, n = await arc.verify_chain()
+    rows.append(
+        (f"verify the whole chain ({n:,} entries, intact={intact})", "", "", f"{(time.perf_counter() - t) * 1000:.0f}")
+    )
+    return rows
+
+
 # --------------------------------------------------------------------------- live writes under searches
 
 
@@ -431,6 +453,8 @@ async def main() -> None:
         like, hit = sum(r[1] for r in rec), sum(r[2] for r in rec)
         print(f"\nrecall vs LIKE '%q%': {hit:,}/{like:,} = {hit / max(like, 1):.2%} over {len(rec)} queries")
         print(table(("query", "LIKE", "found", "missed"), [(q, str(a), str(b), str(c)) for q, a, b, c in rec]))
+        print("\n### other reads (ms)\n")
+        print(table(("read", "p50", "p95", "max"), await other_reads(arc, rng)), flush=True)
         print(f"\n### live call's add_segment latency (ms), {args.live_seconds:.0f} s each\n", flush=True)
         live = await bench_live(arc, w, rng, args.live_seconds)
         print(table(("while", "p50", "p95", "max", "finals", "searches"), live))
