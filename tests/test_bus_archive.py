@@ -337,13 +337,31 @@ async def test_audit_chain_intact_then_tampered(archive: Archive, tokenizer: Tok
     assert [e["kind"] for e in entries] == ["call_started", "segment", "finding", "action", "call_ended"]
     assert all(e["prev_hash"] == p["hash"] for p, e in zip(entries, entries[1:], strict=False))
 
-    # Rewrite what the transcript said, behind the archive's back.
+    # Rewrite what the transcript said, behind the archive's back. The compact chain keeps no second
+    # copy of the text: a segment entry's body is its row, so editing the row breaks the chain.
     with sqlite3.connect(archive.path) as db:
-        payload = db.execute("SELECT payload FROM audit WHERE kind='segment'").fetchone()[0]
-        db.execute("UPDATE audit SET payload=? WHERE kind='segment'", (payload.replace("还款", "还钱"),))
+        db.execute("UPDATE segments SET text = replace(text, '还款', '还钱')")
     intact, checked = await archive.verify_chain()
     assert not intact
     assert checked == 1  # the call_started entry before it still verifies
+
+
+async def test_audit_chain_detects_rewritten_payload(archive: Archive, tokenizer: Tokenizer) -> None:
+    await archive.start_call(call("c1"))
+    sid = await add(archive, tokenizer, "c1", "请您尽快还款", 0)
+    await archive.add_finding(make_finding("c1", 0, "还款"), sid)
+    with sqlite3.connect(archive.path) as db:
+        payload = db.execute("SELECT payload FROM audit WHERE kind='finding'").fetchone()[0]
+        db.execute("UPDATE audit SET payload=? WHERE kind='finding'", (payload.replace("还款", "还钱"),))
+    assert await archive.verify_chain() == (False, 2)
+
+
+async def test_audit_chain_detects_deleted_segment_row(archive: Archive, tokenizer: Tokenizer) -> None:
+    await archive.start_call(call("c1"))
+    sid = await add(archive, tokenizer, "c1", "请您尽快还款", 0)
+    with sqlite3.connect(archive.path) as db:
+        db.execute("DELETE FROM segments WHERE segment_id = ?", (sid,))
+    assert await archive.verify_chain() == (False, 1)
 
 
 async def test_audit_chain_detects_deleted_entry(archive: Archive, tokenizer: Tokenizer) -> None:

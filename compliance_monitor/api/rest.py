@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -12,7 +13,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from compliance_monitor.api.auth import Principal, require
 from compliance_monitor.api.deps import get_monitor
 from compliance_monitor.detect.rulepack import RulePackError
-from compliance_monitor.messages import Event
+from compliance_monitor.messages import Event, Severity
 from compliance_monitor.monitor import Monitor
 
 router = APIRouter(prefix="/api")
@@ -141,17 +142,62 @@ async def export_call(call_id: str, monitor: MonitorDep, who: Auditor) -> JSONRe
     return JSONResponse(bundle, headers={"Content-Disposition": f'attachment; filename="call-{call_id}.json"'})
 
 
+def _epoch(value: str | None, *, end_of_day: bool) -> float | None:
+    """Epoch seconds, or an ISO 8601 date/time (UTC unless it says otherwise); a bare date ``to`` covers its day."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise HTTPException(422, f"not a time: {value!r} (epoch seconds or ISO 8601)") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if end_of_day and len(value.strip()) == 10:  # YYYY-MM-DD
+        when += timedelta(days=1) - timedelta(microseconds=1)
+    return when.timestamp()
+
+
 @router.get("/search")
 async def search(
     monitor: MonitorDep,
     _: Auditor,
-    q: Annotated[str, Query(min_length=1, max_length=200)],
+    q: Annotated[str | None, Query(max_length=200)] = None,
     speaker: Literal["agent", "customer"] | None = None,
-    category: str | None = None,
+    category: Annotated[str | None, Query(max_length=100)] = None,
+    severity: Severity | None = None,
+    agent: Annotated[str | None, Query(max_length=100)] = None,
+    action: Annotated[str | None, Query(max_length=100)] = None,
+    from_: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+    to: Annotated[str | None, Query(max_length=40)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> dict[str, Any]:
-    results = await monitor.services.archive.search(q, speaker=speaker, category=category, limit=limit)
-    return {"query": q, "results": results}
+    """Segments containing ``q`` (exact text first, then all its words), newest first; ``q`` may be left out
+    when a filter is given. ``next_cursor`` fetches the page after this one (null: no more)."""
+    since, until = _epoch(from_, end_of_day=False), _epoch(to, end_of_day=True)
+    filtered = any((speaker, category, severity, agent, action)) or since is not None or until is not None
+    if not (q and q.strip()) and not filtered:
+        raise HTTPException(422, "give a query (q) or at least one filter")
+    try:
+        page = await monitor.services.archive.search_page(
+            q,
+            speaker=speaker,
+            agent=agent,
+            category=category,
+            severity=severity.value if severity else None,
+            action=action,
+            since=since,
+            until=until,
+            limit=limit,
+            cursor=cursor,
+        )
+    except ValueError as exc:  # a cursor this archive never issued
+        raise HTTPException(422, str(exc)) from exc
+    return {"query": q, "results": page.results, "next_cursor": page.next_cursor}
 
 
 @router.get("/rules")
