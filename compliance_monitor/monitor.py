@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from compliance_monitor.ingest.base import BridgeStats, CloseCode, ProtocolError
-from compliance_monitor.messages import CallEndedEvent, CallStarted, CallStartedEvent
+from compliance_monitor.messages import CallEndedEvent, CallStarted, CallStartedEvent, Outcome
 from compliance_monitor.pipeline import CallControl, CallSession, Services
 
 log = logging.getLogger(__name__)
@@ -173,13 +173,15 @@ class Monitor:
             if run is not None:
                 run.cancel()
             raise
-        except Exception:  # one broken call must not take the others down; it is logged with its id
+        except Exception as exc:  # one broken call must not take the others down; it is logged with its id
             log.exception("call %s failed", session.call_id)
+            await session.lose("pipeline_error", _describe(exc))
         finally:
             ended.cancel()
             session.end_input(session.end_reason if session.input_ended else "pipeline_error")
             if run is None:
                 await session.aclose()
+            await session.settle_controls()
             await self._finish(session)
 
     async def _finish(self, session: CallSession) -> None:
@@ -208,10 +210,11 @@ class Monitor:
 
     # ------------------------------------------------------------------ the API side
 
-    async def halt(self, call_id: str, reason: str, actor: str) -> bool:
+    async def halt(self, call_id: str, reason: str, actor: str) -> Outcome | None:
+        """The bridge's outcome, or None when the call is not live or a hangup is already under way."""
         session = self.calls.get(call_id)
         if session is None:
-            return False
+            return None
         return await session.halt(reason, actor)
 
     async def aclose(self) -> None:
@@ -222,3 +225,11 @@ class Monitor:
             session.end_input("server_shutdown")
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for the supervisor: the first real error inside a task group's exception group."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    where = {"sqlite3": "archive", "redis": "event bus"}.get(type(exc).__module__.split(".")[0], "pipeline")
+    return f"{where} failure: {type(exc).__name__}: {exc}"[:300]

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from compliance_monitor.api.auth import Principal, require
 from compliance_monitor.api.deps import get_monitor
 from compliance_monitor.detect.rulepack import RulePackError
-from compliance_monitor.messages import Event
+from compliance_monitor.messages import Event, Outcome
 from compliance_monitor.monitor import Monitor
 
 router = APIRouter(prefix="/api")
@@ -109,11 +109,14 @@ async def get_call(call_id: str, monitor: MonitorDep, _: Auditor) -> dict[str, A
 
 @router.post("/calls/{call_id}/halt", status_code=status.HTTP_202_ACCEPTED)
 async def halt_call(call_id: str, body: HaltRequest, monitor: MonitorDep, who: Supervisor) -> dict[str, str]:
+    """Ends the phone call through its bridge; ``outcome`` says whether it did (done / failed / not_supported)."""
     if call_id not in monitor.calls:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} is not live")
     actor = f"{who.role}:{who.agent_id}" if who.agent_id else who.role
-    done = await monitor.halt(call_id, body.reason, actor)
-    return {"call_id": call_id, "status": "halt_requested" if done else "already_halting"}
+    outcome = await monitor.halt(call_id, body.reason, actor)
+    if outcome is None:
+        return {"call_id": call_id, "status": "already_halting"}
+    return {"call_id": call_id, "status": "halted" if outcome is Outcome.DONE else "not_halted", "outcome": outcome}
 
 
 @router.get("/calls/{call_id}/export")
