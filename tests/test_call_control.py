@@ -149,7 +149,10 @@ async def test_without_auto_halt_a_halt_is_only_recommended(tmp_path: Path, clos
 
 @pytest.mark.parametrize(
     ("answer", "outcome"),
-    [(ControlResult(Outcome.DONE, "tone played"), "done"), (ControlResult(Outcome.NOT_SUPPORTED, "no"), "not_supported")],
+    [
+        (ControlResult(Outcome.DONE, "tone played"), "done"),
+        (ControlResult(Outcome.NOT_SUPPORTED, "no"), "not_supported"),
+    ],
 )
 async def test_a_collector_warning_asks_the_bridge_for_a_prompt(
     tmp_path: Path, closing: list[CallSession], answer: ControlResult, outcome: str
@@ -318,9 +321,7 @@ async def test_a_classifier_failure_is_reported_and_the_bridge_told(monitor: Mon
     await check_lost(monitor, "c-model", transport, events, "RuntimeError: onnx session died")
 
 
-async def test_a_bus_failure_is_reported_and_the_bridge_told(
-    monitor: Monitor, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_bus_failure_is_reported_and_the_bridge_told(monitor: Monitor, monkeypatch: pytest.MonkeyPatch) -> None:
     bus = cast(InMemoryBus, monitor.services.bus)
     publish = bus.publish
 
@@ -363,4 +364,3 @@ async def test_other_calls_are_unaffected_by_one_lost_call(monitor: Monitor, mon
     assert transport.closed == 1011 and good.closed == 1000 and good.error is None
     call = await archive.get_call("c-good")
     assert call is not None and call["segments"] and call["call"]["unmonitored_reason"] is None
-
