@@ -107,6 +107,9 @@ class Monitor:
         session.attached = False
         if session.input_ended:
             return
+        if session.halting:  # the bridge closed because we are hanging up (see CallSession._hangup)
+            session.end_input("halted")
+            return
         grace = self.services.settings.ingest.reconnect_grace_s
         if error is None and grace > 0:  # dropped without a stop: a bridge may reconnect
             loop = asyncio.get_running_loop()
