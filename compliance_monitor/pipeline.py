@@ -395,9 +395,9 @@ class CallSession:
             outcome = Outcome.PENDING if policy.auto_halt and not self.halting else Outcome.RECOMMENDED
         elif action.kind is ActionKind.WARN_COLLECTOR and policy.audio_warnings:
             outcome = Outcome.PENDING
-        action_id = await self.services.archive.add_action(action, finding_id, outcome=outcome)
         if outcome is Outcome.PENDING and action.kind is ActionKind.HALT_CALL:
             self.halting = True  # before any await: a supervisor's halt now is 'already halting'
+        action_id = await self.services.archive.add_action(action, finding_id, outcome=outcome)
         await self._publish(
             ActionEvent(
                 call_id=self.call_id,
@@ -486,12 +486,12 @@ class CallSession:
             )
         )
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Awaitable[object]) -> None:
         task = asyncio.ensure_future(self._logged(work))
         self._control_tasks.add(task)
         task.add_done_callback(self._control_tasks.discard)
 
-    async def _logged(self, work: Awaitable[None]) -> None:
+    async def _logged(self, work: Awaitable[object]) -> None:
         try:
             await work
         except Exception:  # the outcome could not be archived or published; the call itself goes on

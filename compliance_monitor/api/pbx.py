@@ -55,7 +55,8 @@ def _checked(check: Any, value: Any) -> Any:
 
 
 def _registry(request: Request) -> AudioSocketRegistry:
-    return request.app.state.audiosocket_registry  # type: ignore[no-any-return]
+    registry: AudioSocketRegistry = request.app.state.audiosocket_registry
+    return registry
 
 
 def _uuid(text: str) -> str:
