@@ -2,8 +2,9 @@
 
 A sipp call to extension 100 streams real Mandarin speech (AISHELL, as 8 kHz μ-law RTP); the dialplan hands the
 channel to our AudioSocket server; the monitor transcribes it with the real ASR model, the test rule fires and
-the warning tone is written back into the channel; a supervisor's halt over REST sends the hang-up frame, and
-sipp sees Asterisk's BYE. If the PBX cannot be built or started this test fails: it never skips.
+the warning tone is written back into the channel — and is found, by a packet capture, in the RTP Asterisk
+sends to that phone; a supervisor's halt over REST sends the hang-up frame, and sipp sees Asterisk's BYE.
+If the PBX cannot be built or started this test fails: it never skips.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
+from compliance_monitor.audio.g711 import ulaw_decode
 from tests.conftest import AISHELL, AUDIO, REPO, SHARED, LiveServer, free_port, make_settings
 from tests.wsclient import record_feed
 
@@ -84,9 +88,41 @@ class Asterisk:
 
 @pytest.fixture(scope="module")
 def asterisk_root() -> Path:
-    if os.geteuid() != 0 or shutil.which("sipp") is None:
-        pytest.fail("the pbx tests need root (chroot) and sipp (apt-get install sip-tester)")
+    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("sipp", "sox", "tcpdump")):
+        pytest.fail("the pbx tests need root (chroot), sipp, sox and tcpdump (apt-get install sip-tester sox tcpdump)")
     return build_root()
+
+
+def rtp_payloads(pcap: Path) -> list[bytes]:
+    """The RTP payloads of a loopback capture (pcap, Ethernet link layer, IPv4/UDP)."""
+    data = pcap.read_bytes()
+    link = struct.unpack("<I", data[20:24])[0]
+    skip = {1: 14, 113: 16, 0: 4}[link]  # Ethernet, Linux cooked, BSD loopback
+    out, pos = [], 24
+    while pos + 16 <= len(data):
+        caplen = struct.unpack("<I", data[pos + 8 : pos + 12])[0]
+        packet = data[pos + 16 : pos + 16 + caplen]
+        pos += 16 + caplen
+        ip = packet[skip:]
+        udp = ip[(ip[0] & 0x0F) * 4 :]
+        rtp = udp[8:]
+        if len(rtp) > 12 and rtp[0] >> 6 == 2:
+            out.append(rtp[12 + 4 * (rtp[0] & 0x0F) :])
+    return out
+
+
+def tone_seconds(payloads: list[bytes], hz: float = 1000.0) -> float:
+    """How long the μ-law audio holds a clear ``hz`` tone: 20 ms frames where it carries most of the energy."""
+    held = 0.0
+    for payload in payloads:
+        pcm = ulaw_decode(payload).astype(np.float64)
+        if len(pcm) < 80 or not pcm.any():
+            continue
+        t = np.arange(len(pcm)) / 8000
+        at_hz = abs(np.dot(pcm, np.exp(-2j * np.pi * hz * t))) ** 2 * 2 / len(pcm)
+        if at_hz / np.dot(pcm, pcm) > 0.6 and np.abs(pcm).max() > 2000:
+            held += len(pcm) / 8000
+    return held
 
 
 @pytest.fixture
@@ -118,9 +154,24 @@ async def test_a_sipp_call_through_asterisk_is_transcribed_warned_and_halted(
         assert registered.status_code == 201
         with Asterisk(asterisk_root, port):
             async with record_feed(f"{server.ws}/ws/console") as console:
+                media_port = free_port() & ~1
+                capture = await asyncio.create_subprocess_exec(
+                    *(
+                        "tcpdump",
+                        "-i",
+                        "lo",
+                        "-U",
+                        "-w",
+                        str(phone_dir / "to_phone.pcap"),
+                        f"udp dst port {media_port}",
+                    ),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                await asyncio.sleep(1)  # tcpdump is listening before the call starts
                 sipp = await asyncio.create_subprocess_exec(
                     *("sipp", "-sf", "uac_stream.xml", "-s", "100", "127.0.0.1:5060", "-mi", "127.0.0.1"),
-                    *("-p", str(free_port()), "-mp", str(free_port() & ~1), "-m", "1", "-nostdin", "-timeout", "120"),
+                    *("-p", str(free_port()), "-mp", str(media_port), "-m", "1", "-nostdin", "-timeout", "120"),
                     cwd=phone_dir,
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.PIPE,
@@ -146,7 +197,13 @@ async def test_a_sipp_call_through_asterisk_is_transcribed_warned_and_halted(
                     if sipp.returncode is None:
                         sipp.kill()
                         await sipp.wait()
+                    capture.terminate()
+                    await asyncio.wait_for(capture.wait(), 10)
         call = (await client.get("/api/calls/pbx-call")).json()
     assert call["call"]["bridge"] == "audiosocket" and call["call"]["end_reason"] == "halted"
     outcomes = {(a["action"], a["outcome"]) for a in call["actions"]}
     assert ("warn_collector", "done") in outcomes and ("halt_call", "done") in outcomes
+    # The two 180 ms beeps reached the phone on this leg, as RTP from Asterisk.
+    heard_s = tone_seconds(rtp_payloads(phone_dir / "to_phone.pcap"))
+    print(f"warning tone in the RTP to the phone: {heard_s:.2f} s")
+    assert heard_s >= 0.25
