@@ -254,6 +254,17 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _audiosocket_open_only_with_registration(self) -> Settings:
+        # AudioSocket has no authentication: off loopback, only UUIDs registered with a token may stream.
+        a = self.audiosocket
+        if a.enabled and a.host not in {"127.0.0.1", "localhost", "::1"} and not a.require_registration:
+            raise ValueError(
+                f"audiosocket.host is {a.host!r} (not loopback) but AudioSocket has no authentication: set "
+                "CM_AUDIOSOCKET__REQUIRE_REGISTRATION=true so only UUIDs registered with a token may stream"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,

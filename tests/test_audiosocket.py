@@ -138,6 +138,13 @@ def test_the_registry_is_bounded_in_size_and_time() -> None:
     assert registry.lookup("k2") is None and len(registry) == 0
 
 
+def test_audiosocket_off_loopback_requires_registration(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="REQUIRE_REGISTRATION"):
+        make_settings(tmp_path, audiosocket={"host": "0.0.0.0"})
+    settings = make_settings(tmp_path, audiosocket={"host": "0.0.0.0", "require_registration": True})
+    assert settings.audiosocket.require_registration
+
+
 # --------------------------------------------------------------------------- over a real TCP socket
 
 
@@ -233,6 +240,32 @@ async def wait_live(monitor: Monitor, call_id: str) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"{call_id} never went live")
+
+
+async def test_a_socket_that_reconnects_with_its_uuid_continues_the_call(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, ingest={"reconnect_grace_s": 2.0})
+    services = await build_services(settings, FakeDecoder)  # type: ignore[arg-type]
+    monitor = Monitor(services)
+    server = AudioSocketServer(monitor, AudioSocketRegistry(), settings)
+    await server.start()
+    try:
+        first = await Channel.open(server)
+        await first.send(uuid_frame(), SILENCE)
+        await wait_live(monitor, str(UUID))
+        first.writer.close()  # the TCP connection drops; the channel is still up
+        await asyncio.sleep(0.2)
+        second = await Channel.open(server)
+        await second.send(uuid_frame(), SILENCE, encode_frame(KIND_HANGUP))
+        assert await second.closed()
+        await settled(monitor)
+        assert monitor.bridge_stats.calls_resumed == 1
+        assert [c["call_id"] for c in await services.archive.list_calls()] == [str(UUID)]
+    finally:
+        await server.aclose()
+        await monitor.aclose()
+        await services.asr.aclose()
+        await services.bus.aclose()
+        await services.archive.aclose()
 
 
 async def test_a_halt_sends_the_hang_up_frame(pbx: tuple[Monitor, AudioSocketServer]) -> None:
