@@ -8,6 +8,7 @@ unmonitored in silence: the supervisor is alerted, the archive marks the call, t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -17,9 +18,11 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
+import websockets
 
 from compliance_monitor.api.app import build_services
 from compliance_monitor.archive.sqlite import Archive
+from compliance_monitor.asr.decoder import DecodeRequest, DecodeResult
 from compliance_monitor.bus.memory import InMemoryBus, Subscription
 from compliance_monitor.ingest.pcm import PcmStreamParser
 from compliance_monitor.messages import (
@@ -36,9 +39,10 @@ from compliance_monitor.messages import (
 )
 from compliance_monitor.monitor import Monitor
 from compliance_monitor.pipeline import CallSession
-from tests.conftest import load_audio, make_settings
+from tests.conftest import LiveServer, load_audio, make_settings
 from tests.fakes import FakeDecoder
 from tests.test_live_call import FakeTransport, serve, settled
+from tests.wsclient import record_feed
 
 pytestmark = pytest.mark.unit
 
@@ -364,3 +368,51 @@ async def test_other_calls_are_unaffected_by_one_lost_call(monitor: Monitor, mon
     assert transport.closed == 1011 and good.closed == 1000 and good.error is None
     call = await archive.get_call("c-good")
     assert call is not None and call["segments"] and call["call"]["unmonitored_reason"] is None
+
+
+# --------------------------------------------------------------------------- through the running server
+
+
+class SaysTrade(FakeDecoder):
+    """Hears every segment as a line with 交易 in it: the test rule pack's high-severity keyword."""
+
+    def decode(self, requests: list[DecodeRequest]) -> list[DecodeResult]:
+        super().decode(requests)
+        return [DecodeResult("甚至出现交易几乎停滞的情况", -0.1, 0.0, 1.0, None) for _ in requests]
+
+
+@pytest.mark.parametrize("auto_halt", [False, True])
+async def test_the_console_sees_a_recommendation_or_a_real_halt(tmp_path: Path, auto_halt: bool) -> None:
+    settings = make_settings(tmp_path, policy={"halt_at": "high", "auto_halt": auto_halt})
+    call_id = f"c-policy-{auto_halt}"
+    with LiveServer(settings, SaysTrade) as live:
+        async with record_feed(f"{live.ws}/ws/console") as console:
+            async with websockets.connect(f"{live.ws}/bridge/pcm") as bridge:
+                for message in speech_call(call_id):
+                    await bridge.send(message)
+                told = [json.loads(m) for m in await _until_quiet(bridge)]
+                if not auto_halt:
+                    await bridge.send(json.dumps({"event": "stop"}))
+            events = await console.wait_call_ended(call_id, 30)
+    halts = [e for e in events if e["type"] == "action" and e["action"] == "halt_call"]
+    assert len(halts) == 1
+    outcomes = {e["action"]: e["outcome"] for e in events if e["type"] == "action_outcome"}
+    ended = next(e for e in events if e["type"] == "call_ended")
+    assert {"event": "warn_agent"}.items() <= told[0].items()  # the prompt went to the bridge first
+    assert outcomes["warn_collector"] == "done"
+    if auto_halt:
+        assert halts[0]["outcome"] == "pending" and outcomes["halt_call"] == "done"
+        assert [m["event"] for m in told][-1] == "halt" and ended["reason"] == "halted"
+    else:
+        # A recommendation: nothing tells anyone the call is ending, and it runs on to its own end.
+        assert halts[0]["outcome"] == "recommended" and "halt_call" not in outcomes
+        assert "halt" not in [m["event"] for m in told] and ended["reason"] == "stop"
+
+
+async def _until_quiet(ws: websockets.ClientConnection, quiet_s: float = 3.0) -> list[str]:
+    """What the server sends until it is quiet for ``quiet_s`` or closes."""
+    received: list[str] = []
+    with contextlib.suppress(TimeoutError, websockets.ConnectionClosed):
+        while True:
+            received.append(str(await asyncio.wait_for(ws.recv(), quiet_s)))
+    return received
