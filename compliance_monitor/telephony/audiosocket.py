@@ -45,7 +45,8 @@ class AudioSocketConnection:
         self.reader = reader
         self.writer = writer
         self.parser = parser
-        self._write_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()  # one frame at a time: a hang-up never lands inside a frame
+        self._play_lock = asyncio.Lock()  # one prompt at a time: two warnings play one after the other
         self.closed_with: int | None = None
 
     # ------------------------------------------------------------------ Transport
@@ -97,7 +98,8 @@ class AudioSocketConnection:
                 Outcome.NOT_SUPPORTED, "this AudioSocket carries the customer's leg: a tone would reach the customer"
             )
         rate = self.parser.rate or 8000
-        played = await self.play(warning_tone(rate), rate)
+        async with self._play_lock:
+            played = await self.play(warning_tone(rate), rate)
         if not played:
             return ControlResult(Outcome.FAILED, "the AudioSocket connection is gone")
         return ControlResult(Outcome.DONE, f"warning tone played to the collector ({rate} Hz)")
