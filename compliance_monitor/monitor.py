@@ -201,6 +201,8 @@ class Monitor:
             self.bridge_stats.calls_without_audio += 1
         elif content == "no_speech":
             self.bridge_stats.calls_without_speech += 1
+        if session.lost_reason is not None:
+            self.bridge_stats.calls_unmonitored += 1
         try:
             await svc.archive.end_call(session.call_id, session.end_reason, time.time(), content)
             await svc.bus.publish(

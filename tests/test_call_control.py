@@ -299,7 +299,7 @@ async def check_lost(monitor: Monitor, call_id: str, transport: FakeTransport, e
     assert len(alerts) == 1 and call_id in alerts[0].message and why in alerts[0].message
     call = await monitor.services.archive.get_call(call_id)
     assert call is not None and why in call["call"]["unmonitored_reason"]
-    assert monitor.live_count == 0
+    assert monitor.live_count == 0 and monitor.bridge_stats.calls_unmonitored == 1
 
 
 async def test_an_archive_failure_is_reported_and_the_bridge_told(

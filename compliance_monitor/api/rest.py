@@ -80,6 +80,8 @@ async def metrics(monitor: MonitorDep, _: Auditor) -> str:
         "# TYPE cm_calls_without_speech_total counter",
         f'cm_calls_without_speech_total{{content="no_audio"}} {b.calls_without_audio}',
         f'cm_calls_without_speech_total{{content="no_speech"}} {b.calls_without_speech}',
+        "# TYPE cm_calls_unmonitored_total counter",  # alert on any increase: a call went on without the monitor
+        f"cm_calls_unmonitored_total {b.calls_unmonitored}",
     ]
     return "\n".join(lines) + "\n"
 
