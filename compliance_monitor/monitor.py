@@ -1,6 +1,6 @@
 """The table of live calls, and the one path by which any bridge holds a call.
 
-A bridge (the websockets today; AudioSocket, ARI and FreeSWITCH next) turns its start message into a
+A bridge (the websockets, the AudioSocket TCP server; ARI and FreeSWITCH next) turns its start message into a
 fully validated ``CallStarted`` (``ingest/base.py``) and then holds the call with::
 
     async with monitor.live_call(started, control) as session:

@@ -2,7 +2,7 @@
 
 Everything protocol-independent (deadlines, limits, close codes, counters, registering and always
 releasing the call) lives in ``ingest/connection.py`` and ``monitor.Monitor.live_call``, so a new
-bridge (issue 17: AudioSocket, FreeSWITCH) implements a transport and a parser and nothing else.
+bridge (AudioSocket: telephony/audiosocket.py) implements a transport, a parser and its CallControl.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Adapters are pure protocol parsers: bytes/text in, stage messages out. They hold no sockets, so
 they are unit-tested without a server; the connection loop (``ingest/connection.py``) owns the
-transport. A new bridge (AudioSocket, FreeSWITCH, ...) reuses ``parse_json_object`` and the
+transport. A new bridge (ARI, FreeSWITCH, ...) reuses ``parse_json_object`` and the
 ``check_*`` helpers below, so its ``CallStarted`` is valid before any call is registered.
 """
 
