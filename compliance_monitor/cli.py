@@ -165,8 +165,13 @@ def _default_url(bridge: str, host: str = "127.0.0.1", port: int = 8000) -> str:
     return f"ws://{host}:{port}/bridge/{bridge}"
 
 
+def _without_pbx(settings: Settings) -> Settings:
+    """demo and eval-calls replay over websockets: no AudioSocket listener to clash with a running monitor's."""
+    return settings.model_copy(update={"audiosocket": settings.audiosocket.model_copy(update={"enabled": False})})
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _without_pbx(_settings(args))
     try:
         return asyncio.run(_demo(settings, args))
     except KeyboardInterrupt:  # Ctrl-C: uvicorn stops the server, then re-raises the signal it caught
@@ -330,7 +335,7 @@ async def _eval_calls(args: argparse.Namespace) -> list:  # type: ignore[type-ar
             speed=args.speed,
             only=args.call,
         )
-    settings = _settings(args).model_copy(update={"server": ServerSettings(port=_free_port())})
+    settings = _without_pbx(_settings(args)).model_copy(update={"server": ServerSettings(port=_free_port())})
     stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     server = asyncio.create_task(_serve(settings, stop, quiet=True))  # stdout is the report
     try:

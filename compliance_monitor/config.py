@@ -48,6 +48,9 @@ class IngestSettings(BaseModel):
     max_frame_s: float = Field(1.0, gt=0, le=5, description="audio in one bridge message")
     max_gap_fill_s: float = Field(5.0, ge=0, description="a timestamp hole counts as at most this much silence")
     max_gap_total_s: float = Field(60.0, ge=0, description="holes per track per call before the stream is refused")
+    # A full audio queue that does not move for this long means the pipeline is stuck: the call is declared
+    # unmonitored (supervisor alert, bridge told) instead of the bridge handler waiting forever.
+    stall_timeout_s: float = Field(30.0, gt=0, description="longest wait for room in a speaker's audio queue")
 
 
 class VadSettings(BaseModel):
@@ -141,6 +144,11 @@ class PolicySettings(BaseModel):
     halt_at: Literal["info", "warn", "high", "critical", "never"] = "critical"
     auto_halt: bool = Field(False, description="halt without a supervisor when a halt is warranted")
     cooldown_s: float = 30.0
+    audio_warnings: bool = Field(
+        True,
+        description="with each on-screen collector warning, ask the bridge to play a prompt only the collector hears",
+    )
+    control_timeout_s: float = Field(10.0, gt=0, description="longest wait for a bridge to hang up or play a prompt")
     check_partials_from: Literal["info", "warn", "high", "critical", "never"] = Field(
         "high", description="check partial transcripts against rules of this severity and above (faster alerts)"
     )
@@ -187,6 +195,36 @@ class AuthSettings(BaseModel):
         return tokens
 
 
+class TwilioSettings(BaseModel):
+    """Twilio's REST API (to end a call) and the signature on its media-stream upgrades."""
+
+    account_sid: str | None = Field(None, description="AC...: without it and auth_token a halt cannot end the call")
+    auth_token: SecretStr | None = Field(
+        None, description="set: every /bridge/twilio upgrade must carry a valid X-Twilio-Signature"
+    )
+    api_base_url: str = "https://api.twilio.com"
+    timeout_s: float = Field(5.0, gt=0, description="one REST request")
+    public_url: str | None = Field(
+        None,
+        description="the wss:// URL Twilio connects to for /bridge/twilio, as given in TwiML (what Twilio signs); "
+        "default: rebuilt from the request (Host, X-Forwarded-Proto)",
+    )
+
+
+class AudioSocketSettings(BaseModel):
+    """Asterisk AudioSocket: a TCP server the dialplan's ``AudioSocket(uuid,host:port)`` connects to."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9092, ge=0, le=65535)
+    registry_ttl_s: float = Field(3600.0, gt=0, description="how long a registered UUID waits for its socket")
+    registry_max: int = Field(10_000, ge=1, description="registered UUIDs kept at most (oldest dropped)")
+    default_speaker: Literal["agent", "customer"] = Field(
+        "customer", description="the leg an unregistered UUID's socket carries"
+    )
+    require_registration: bool = Field(False, description="refuse sockets whose UUID was not registered first")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CM_", env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -202,6 +240,8 @@ class Settings(BaseSettings):
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     bus: BusSettings = Field(default_factory=BusSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    twilio: TwilioSettings = Field(default_factory=TwilioSettings)
+    audiosocket: AudioSocketSettings = Field(default_factory=AudioSocketSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -219,6 +259,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "auth.tokens is empty but server.host is not loopback: set CM_AUTH__TOKENS "
                 '(e.g. \'{"s3cret": "supervisor"}\') before listening on the network'
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _audiosocket_open_only_with_registration(self) -> Settings:
+        # AudioSocket has no authentication: off loopback, only UUIDs registered with a token may stream.
+        a = self.audiosocket
+        if a.enabled and a.host not in {"127.0.0.1", "localhost", "::1"} and not a.require_registration:
+            raise ValueError(
+                f"audiosocket.host is {a.host!r} (not loopback) but AudioSocket has no authentication: set "
+                "CM_AUDIOSOCKET__REQUIRE_REGISTRATION=true so only UUIDs registered with a token may stream"
             )
         return self
 

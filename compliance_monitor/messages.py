@@ -49,6 +49,16 @@ class ActionKind(StrEnum):
     HALT_CALL = "halt_call"
 
 
+class Outcome(StrEnum):
+    """What an action did to the phone call (archived in ``actions.outcome``, published to the console)."""
+
+    PENDING = "pending"  # the bridge has been asked; an ``action_outcome`` event follows
+    DONE = "done"
+    FAILED = "failed"
+    NOT_SUPPORTED = "not_supported"  # this bridge cannot do it (a Twilio stream cannot whisper to the collector)
+    RECOMMENDED = "recommended"  # a halt the policy may not perform itself (policy.auto_halt off): awaits a supervisor
+
+
 # --------------------------------------------------------------------------- stage messages
 
 
@@ -143,6 +153,14 @@ class Finding:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlResult:
+    """What a bridge did when asked to act on the phone call (``CallControl.hangup`` / ``warn_agent``)."""
+
+    outcome: Outcome
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Action:
     call_id: str
     kind: ActionKind
@@ -215,6 +233,28 @@ class ActionEvent(_EventBase):
     category: str | None
     severity: Severity | None
     reason: str
+    outcome: Outcome | None = Field(
+        None, description="halt_call: pending / recommended / done...; warn_collector: the audio prompt's outcome"
+    )
+    detail: str = ""
+
+
+class ActionOutcomeEvent(_EventBase):
+    """What the bridge did with an action published as ``pending``: the phone call ended, the prompt played..."""
+
+    type: Literal["action_outcome"] = "action_outcome"
+    action_id: int
+    action: ActionKind
+    outcome: Outcome
+    detail: str = ""
+
+
+class MonitoringLostEvent(_EventBase):
+    """The call goes on, but nothing listens to it any more: a supervisor must know, and why."""
+
+    type: Literal["monitoring_lost"] = "monitoring_lost"
+    reason: str
+    message: str
 
 
 class CallEndedEvent(_EventBase):
@@ -234,6 +274,8 @@ Event = Annotated[
     | FindingEvent
     | FindingWithdrawnEvent
     | ActionEvent
+    | ActionOutcomeEvent
+    | MonitoringLostEvent
     | CallEndedEvent
     | ErrorEvent,
     Field(discriminator="type"),

@@ -1,6 +1,6 @@
 """The table of live calls, and the one path by which any bridge holds a call.
 
-A bridge (the websockets today; AudioSocket, ARI and FreeSWITCH next) turns its start message into a
+A bridge (the websockets, the AudioSocket TCP server; ARI and FreeSWITCH next) turns its start message into a
 fully validated ``CallStarted`` (``ingest/base.py``) and then holds the call with::
 
     async with monitor.live_call(started, control) as session:
@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from compliance_monitor.ingest.base import BridgeStats, CloseCode, ProtocolError
-from compliance_monitor.messages import CallEndedEvent, CallStarted, CallStartedEvent
+from compliance_monitor.messages import CallEndedEvent, CallStarted, CallStartedEvent, Outcome
 from compliance_monitor.pipeline import CallControl, CallSession, Services
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,9 @@ class Monitor:
         session.attached = False
         if session.input_ended:
             return
+        if session.halting:  # the bridge closed because we are hanging up (see CallSession._hangup)
+            session.end_input("halted")
+            return
         grace = self.services.settings.ingest.reconnect_grace_s
         if error is None and grace > 0:  # dropped without a stop: a bridge may reconnect
             loop = asyncio.get_running_loop()
@@ -173,13 +176,15 @@ class Monitor:
             if run is not None:
                 run.cancel()
             raise
-        except Exception:  # one broken call must not take the others down; it is logged with its id
+        except Exception as exc:  # one broken call must not take the others down; it is logged with its id
             log.exception("call %s failed", session.call_id)
+            await session.lose("pipeline_error", _describe(exc))
         finally:
             ended.cancel()
             session.end_input(session.end_reason if session.input_ended else "pipeline_error")
             if run is None:
                 await session.aclose()
+            await session.settle_controls()
             await self._finish(session)
 
     async def _finish(self, session: CallSession) -> None:
@@ -196,6 +201,8 @@ class Monitor:
             self.bridge_stats.calls_without_audio += 1
         elif content == "no_speech":
             self.bridge_stats.calls_without_speech += 1
+        if session.lost_reason is not None:
+            self.bridge_stats.calls_unmonitored += 1
         try:
             await svc.archive.end_call(session.call_id, session.end_reason, time.time(), content)
             await svc.bus.publish(
@@ -208,10 +215,11 @@ class Monitor:
 
     # ------------------------------------------------------------------ the API side
 
-    async def halt(self, call_id: str, reason: str, actor: str) -> bool:
+    async def halt(self, call_id: str, reason: str, actor: str) -> Outcome | None:
+        """The bridge's outcome, or None when the call is not live or a hangup is already under way."""
         session = self.calls.get(call_id)
         if session is None:
-            return False
+            return None
         return await session.halt(reason, actor)
 
     async def aclose(self) -> None:
@@ -222,3 +230,11 @@ class Monitor:
             session.end_input("server_shutdown")
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for the supervisor: the first real error inside a task group's exception group."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    where = {"sqlite3": "archive", "redis": "event bus"}.get(type(exc).__module__.split(".")[0], "pipeline")
+    return f"{where} failure: {type(exc).__name__}: {exc}"[:300]

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,13 +32,17 @@ from compliance_monitor.messages import (
     Action,
     ActionEvent,
     ActionKind,
+    ActionOutcomeEvent,
     AudioChunk,
     CallStarted,
+    ControlResult,
     Event,
     Finding,
     FindingEvent,
     FindingWithdrawnEvent,
+    MonitoringLostEvent,
     NormalisedText,
+    Outcome,
     Severity,
     Speaker,
     Transcript,
@@ -55,9 +59,23 @@ MAX_BATCH_CHUNKS = 50  # chunks per VAD hop: one speaker's backlog must not hold
 
 
 class CallControl(Protocol):
-    """The bridge side of a call: how to stop it. Implemented by each bridge endpoint."""
+    """The bridge side of a call: what the monitor can do to the phone call. Every bridge implements it.
 
-    async def halt(self, reason: str) -> bool: ...
+    The far end hanging up reaches the pipeline as the parser's ``CallEnded`` (Twilio/PCM ``stop``, AudioSocket
+    ``0x00``) or as the transport going away; the methods here go the other way.
+    """
+
+    async def hangup(self, reason: str) -> ControlResult:
+        """End the phone call itself (not only the media stream). DONE only once the PBX/carrier accepted it."""
+        ...
+
+    async def warn_agent(self, prompt: str) -> ControlResult:
+        """A short tone or prompt only the collector hears; NOT_SUPPORTED where the bridge cannot reach them alone."""
+        ...
+
+    async def lost(self, reason: str) -> None:
+        """The monitor stopped listening to this call: tell the peer (error frame, close code) and close."""
+        ...
 
 
 @dataclass
@@ -104,7 +122,9 @@ class CallSession:
         self.agent_id = started.agent_id
         self.services = services
         self.control = control
-        self.halted = False
+        self.halting = False  # a hangup is under way or done: a second halt is not sent
+        self.lost_reason: str | None = None  # set once the call is no longer monitored (see ``lose``)
+        self._control_tasks: set[asyncio.Task[None]] = set()  # hangups and prompts, off the analysis path
         self.attached = True  # a bridge connection carries this call now (see Monitor.live_call)
         self.chunks_dropped = 0
         self.audio_s = 0.0  # audio the bridge delivered: a call with none is archived as 'no_audio'
@@ -149,13 +169,23 @@ class CallSession:
         room = self._room[chunk.speaker]
         while self._queued_s[chunk.speaker] >= self._max_queued_s and not self._ended.is_set():
             room.clear()
-            await room.wait()
+            if not await self._room_within(room):
+                stall = self.services.settings.ingest.stall_timeout_s
+                await self.lose("pipeline_stalled", f"{chunk.speaker} audio queue full for {stall:g} s")
         if self._ended.is_set():
             self.chunks_dropped += 1  # after hang-up or a pipeline failure: nothing reads it
             return
         self.audio_s += chunk.duration
         self._queued_s[chunk.speaker] += chunk.duration
         await queue.put(chunk)
+
+    async def _room_within(self, room: asyncio.Event) -> bool:
+        try:
+            async with asyncio.timeout(self.services.settings.ingest.stall_timeout_s):
+                await room.wait()
+            return True
+        except TimeoutError:
+            return False
 
     def _taken(self, chunk: AudioChunk) -> AudioChunk:
         self._queued_s[chunk.speaker] -= chunk.duration
@@ -359,7 +389,16 @@ class CallSession:
         return finding_id
 
     async def _act(self, action: Action, finding_id: int) -> None:
-        action_id = await self.services.archive.add_action(action, finding_id)
+        policy = self.services.settings.policy
+        outcome: Outcome | None = None
+        if action.kind is ActionKind.HALT_CALL:
+            # Without auto_halt the policy only recommends: the console shows it awaiting a supervisor.
+            outcome = Outcome.PENDING if policy.auto_halt and not self.halting else Outcome.RECOMMENDED
+        elif action.kind is ActionKind.WARN_COLLECTOR and policy.audio_warnings:
+            outcome = Outcome.PENDING
+        if outcome is Outcome.PENDING and action.kind is ActionKind.HALT_CALL:
+            self.halting = True  # before any await: a supervisor's halt now is 'already halting'
+        action_id = await self.services.archive.add_action(action, finding_id, outcome=outcome)
         await self._publish(
             ActionEvent(
                 call_id=self.call_id,
@@ -370,36 +409,132 @@ class CallSession:
                 category=action.finding.category,
                 severity=action.finding.severity,
                 reason=action.reason,
+                outcome=outcome,
             )
         )
-        if action.kind is ActionKind.HALT_CALL and self.services.settings.policy.auto_halt:
-            await self.halt(action.reason, actor="policy", record=False)
+        if outcome is not Outcome.PENDING:
+            return
+        # The bridge may take seconds (a REST call to the carrier, a paced prompt): analysis does not wait for it.
+        if action.kind is ActionKind.HALT_CALL:
+            self._spawn(self._hangup(action_id, action.reason))
+        else:
+            prompt = action.finding.collector_explanation or action.reason
+            self._spawn(self._warn(action_id, prompt))
 
-    async def halt(self, reason: str, actor: str, record: bool = True) -> bool:
-        """Stop the call through its bridge. Archived before the bridge is told."""
-        if self.halted:
-            return False
-        self.halted = True
-        if record:
-            action_id = await self.services.archive.add_manual_action(
-                self.call_id, ActionKind.HALT_CALL.value, reason, None, actor
+    async def halt(self, reason: str, actor: str) -> Outcome | None:
+        """A supervisor's halt: archived and published, then the bridge ends the phone call.
+
+        Returns the bridge's outcome, or None when a hangup is already under way. When the bridge cannot end
+        the call (failed, not supported) the call is still live and still monitored, and may be halted again.
+        """
+        if self.halting:
+            return None
+        self.halting = True  # before the first await: two clicks send one hangup
+        action_id = await self.services.archive.add_manual_action(
+            self.call_id, ActionKind.HALT_CALL.value, reason, None, actor, Outcome.PENDING
+        )
+        await self._publish(
+            ActionEvent(
+                call_id=self.call_id,
+                agent_id=self.agent_id,
+                action_id=action_id,
+                action=ActionKind.HALT_CALL,
+                finding_id=None,
+                category=None,
+                severity=None,
+                reason=f"{actor}: {reason}",
+                outcome=Outcome.PENDING,
             )
-            await self._publish(
-                ActionEvent(
-                    call_id=self.call_id,
-                    agent_id=self.agent_id,
-                    action_id=action_id,
-                    action=ActionKind.HALT_CALL,
-                    finding_id=None,
-                    category=None,
-                    severity=None,
-                    reason=f"{actor}: {reason}",
-                )
-            )
+        )
+        return await self._hangup(action_id, reason)
+
+    async def _hangup(self, action_id: int, reason: str) -> Outcome:
+        self.halting = True
+        result = await self._ask(self.control.hangup, reason)
+        if result.outcome is Outcome.DONE:
+            self.end_input("halted")
+        else:
+            self.halting = False  # the call goes on: it stays monitored, and a supervisor may try again
+        await self._record_outcome(action_id, ActionKind.HALT_CALL, result)
+        return result.outcome
+
+    async def _warn(self, action_id: int, prompt: str) -> None:
+        result = await self._ask(self.control.warn_agent, prompt)
+        await self._record_outcome(action_id, ActionKind.WARN_COLLECTOR, result)
+
+    async def _ask(self, request: Callable[[str], Awaitable[ControlResult]], arg: str) -> ControlResult:
+        """One request to the bridge, bounded in time; whatever it raises is a failed outcome, not a dead call."""
+        timeout = self.services.settings.policy.control_timeout_s
         try:
-            return await self.control.halt(reason)
-        finally:
-            self.end_input("halted")  # also when the bridge is gone (waiting for a reconnect): the call is over
+            async with asyncio.timeout(timeout):
+                return await request(arg)
+        except TimeoutError:
+            return ControlResult(Outcome.FAILED, f"the bridge did not answer within {timeout:g} s")
+        except Exception as exc:
+            log.exception("call %s: bridge control failed", self.call_id)
+            return ControlResult(Outcome.FAILED, f"{type(exc).__name__}: {exc}"[:300])
+
+    async def _record_outcome(self, action_id: int, kind: ActionKind, result: ControlResult) -> None:
+        await self.services.archive.set_action_outcome(self.call_id, action_id, result.outcome.value, result.detail)
+        await self._publish(
+            ActionOutcomeEvent(
+                call_id=self.call_id,
+                agent_id=self.agent_id,
+                action_id=action_id,
+                action=kind,
+                outcome=result.outcome,
+                detail=result.detail,
+            )
+        )
+
+    def _spawn(self, work: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(self._logged(work))
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
+
+    async def _logged(self, work: Awaitable[object]) -> None:
+        try:
+            await work
+        except Exception:  # the outcome could not be archived or published; the call itself goes on
+            log.exception("call %s: recording a bridge action failed", self.call_id)
+
+    async def settle_controls(self) -> None:
+        """Wait for hangups and prompts in flight, so their outcomes are archived before the call's end."""
+        if self._control_tasks:
+            timeout = self.services.settings.policy.control_timeout_s + 5
+            await asyncio.wait(set(self._control_tasks), timeout=timeout)
+
+    async def lose(self, end_reason: str, why: str) -> None:
+        """The monitor can no longer listen to this call, which may go on: never in silence.
+
+        The supervisor gets a ``monitoring_lost`` event, the archive marks the call, and the bridge is told
+        (error frame / close code). Each step on its own: the failure that brought us here may be the bus or
+        the archive itself.
+        """
+        if self.lost_reason is not None:
+            return
+        self.lost_reason = why
+        self.end_input(end_reason)
+        log.error("call %s is no longer monitored: %s", self.call_id, why)
+        message = f"call {self.call_id} is no longer monitored ({why}); 本通话已不在监控中"
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            (
+                "alert",
+                lambda: self._publish(
+                    MonitoringLostEvent(
+                        call_id=self.call_id, agent_id=self.agent_id, reason=end_reason, message=message
+                    )
+                ),
+            ),
+            ("archive", lambda: self.services.archive.mark_unmonitored(self.call_id, why)),
+            ("bridge", lambda: self.control.lost(why)),
+        ]
+        for name, step in steps:
+            try:
+                async with asyncio.timeout(self.services.settings.policy.control_timeout_s):
+                    await step()
+            except Exception:
+                log.exception("call %s: monitoring lost, and the %s could not be told", self.call_id, name)
 
     async def aclose(self) -> None:
         """Stop the transcribers' tasks of a session that never ran (its start failed)."""

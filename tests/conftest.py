@@ -104,6 +104,7 @@ def make_settings(tmp: Path, **overrides: object) -> Settings:
     test_rules = DATA / "test_rules.yaml"
     base: dict[str, object] = {
         "server": {"host": "127.0.0.1", "port": free_port()},
+        "audiosocket": {"port": 0},  # any free port: tests run beside a real monitor on 9092
         "archive": {"path": tmp / "archive.sqlite3"},
         "asr": {"cache_dir": Path.home() / ".cache" / "compliance-monitor"},
         # Only the test pack: the live-path tests must not depend on the time of day (calling-hours rules)

@@ -16,9 +16,11 @@ from compliance_monitor.detect.engine import RuleSet
 from compliance_monitor.messages import (
     ActionEvent,
     CallStarted,
+    ControlResult,
     Event,
     FindingEvent,
     FindingWithdrawnEvent,
+    Outcome,
     Speaker,
     Transcript,
     TranscriptEvent,
@@ -34,8 +36,14 @@ THREAT = "你再不还我们就派人去你家"  # threat.visit_home_or_work, hi
 
 
 class NoBridge:
-    async def halt(self, reason: str) -> bool:
-        return True
+    async def hangup(self, reason: str) -> ControlResult:
+        return ControlResult(Outcome.DONE)
+
+    async def warn_agent(self, prompt: str) -> ControlResult:
+        return ControlResult(Outcome.NOT_SUPPORTED)
+
+    async def lost(self, reason: str) -> None:
+        pass
 
 
 @pytest.fixture

@@ -296,6 +296,16 @@
   };
   function actionLabel(a) { return ACTION_LABELS[a] || a || ""; }
 
+  // What an action did to the phone call (action.outcome / action_outcome events).
+  const OUTCOME_LABELS = {
+    pending: "执行中 in progress",
+    done: "已完成 done",
+    failed: "失败 failed",
+    not_supported: "此线路不支持 not supported by this bridge",
+    recommended: "建议挂断 · 待主管确认 recommended — awaiting a supervisor",
+  };
+  function outcomeLabel(o) { return OUTCOME_LABELS[o] || o || ""; }
+
   const SPEAKER_LABELS = { agent: "催收员", customer: "客户" };
   function speakerLabel(s) { return SPEAKER_LABELS[s] || s || "?"; }
 
@@ -357,7 +367,7 @@
     esc, h, renderMarked, isNearBottom,
     CATEGORY_LABELS, categoryLabel, categoryEl,
     SEVERITIES, SEVERITY_LABELS, SEVERITY_COLORS, severityRank, maxSeverity, severityBadge,
-    ACTION_LABELS, actionLabel, speakerLabel, findingItem, markWithdrawn,
+    ACTION_LABELS, actionLabel, OUTCOME_LABELS, outcomeLabel, speakerLabel, findingItem, markWithdrawn,
     fmtOffset, fmtClock, fmtDateTime,
   };
 })(window);

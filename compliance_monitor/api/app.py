@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from compliance_monitor.api import bridges, console, rest
+from compliance_monitor.api import bridges, console, pbx, rest
 from compliance_monitor.archive.sqlite import Archive
 from compliance_monitor.asr.decoder import WhisperDecoder
 from compliance_monitor.asr.scheduler import AsrScheduler
@@ -21,10 +21,12 @@ from compliance_monitor.bus.redis_bus import RedisBus
 from compliance_monitor.config import BusSettings, Settings
 from compliance_monitor.detect.engine import RuleSet
 from compliance_monitor.detect.model import load_model_detector
+from compliance_monitor.ingest.audiosocket import AudioSocketRegistry
 from compliance_monitor.monitor import Monitor
 from compliance_monitor.pipeline import Services
 from compliance_monitor.policy.engine import PolicyEngine
 from compliance_monitor.resources import ui_dir
+from compliance_monitor.telephony.audiosocket import AudioSocketServer
 from compliance_monitor.text.tokenise import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,14 @@ def create_app(settings: Settings, decoder_factory: DecoderFactory | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await build_services(settings, decoder_factory)
         app.state.monitor = Monitor(services)
+        app.state.audiosocket_registry = AudioSocketRegistry(
+            settings.audiosocket.registry_ttl_s, settings.audiosocket.registry_max
+        )
+        audiosocket = None
+        if settings.audiosocket.enabled:
+            audiosocket = AudioSocketServer(app.state.monitor, app.state.audiosocket_registry, settings)
+            await audiosocket.start()
+        app.state.audiosocket = audiosocket
         stop_watching = asyncio.Event()
         watcher = asyncio.create_task(services.rules.watch(stop_watching)) if settings.rules.watch else None
         try:
@@ -95,6 +105,8 @@ def create_app(settings: Settings, decoder_factory: DecoderFactory | None = None
             stop_watching.set()
             if watcher:
                 await asyncio.gather(watcher, return_exceptions=True)
+            if audiosocket is not None:
+                await audiosocket.aclose()
             await app.state.monitor.aclose()
             await services.asr.aclose()
             await services.bus.aclose()
@@ -106,6 +118,7 @@ def create_app(settings: Settings, decoder_factory: DecoderFactory | None = None
     app.include_router(bridges.router)
     app.include_router(console.router)
     app.include_router(rest.router)
+    app.include_router(pbx.router)
     _mount_ui(app)
     return app
 

@@ -2,7 +2,7 @@
 
 Everything protocol-independent (deadlines, limits, close codes, counters, registering and always
 releasing the call) lives in ``ingest/connection.py`` and ``monitor.Monitor.live_call``, so a new
-bridge (issue 17: AudioSocket, FreeSWITCH) implements a transport and a parser and nothing else.
+bridge (AudioSocket: telephony/audiosocket.py) implements a transport, a parser and its CallControl.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from compliance_monitor.ingest.base import CloseCode, ProtocolError, StreamLimit
 from compliance_monitor.ingest.connection import Message, Parser, serve_connection
 from compliance_monitor.ingest.pcm import PcmStreamParser
 from compliance_monitor.ingest.twilio import TwilioStreamParser
+from compliance_monitor.messages import ControlResult, Outcome
+from compliance_monitor.telephony.twilio_api import TwilioApi
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -29,11 +31,10 @@ _PEER_GONE = (WebSocketDisconnect, RuntimeError, OSError)
 
 
 class WebSocketBridge:
-    """The websocket side of one bridge connection: its transport, and halting its call.
+    """The websocket side of one bridge connection: its transport, and its ``CallControl``.
 
-    PCM bridges get ``{"event": "halt"}`` / ``{"event": "error"}`` before the close. A Twilio media
-    stream cannot end the phone call itself (that is Twilio's REST API: Calls/{CallSid}
-    Status=completed); closing the stream is what this endpoint can do, and the halt is archived.
+    PCM bridges (our own protocol) get ``{"event": "halt"}``, ``{"event": "warn_agent"}`` and
+    ``{"event": "error"}`` messages: the client owns the phone call and acts on them.
     """
 
     def __init__(self, ws: WebSocket, bridge: str) -> None:
@@ -49,25 +50,63 @@ class WebSocketBridge:
         text = message.get("text")
         return text if text is not None else message.get("bytes") or b""
 
-    async def halt(self, reason: str) -> bool:
-        if not _open(self.ws):
-            return False
-        if self.bridge == "pcm":
-            with contextlib.suppress(*_PEER_GONE):  # the peer may be gone mid-send; the close below still runs
-                await self.ws.send_text(json.dumps({"event": "halt", "reason": reason}, ensure_ascii=False))
+    async def hangup(self, reason: str) -> ControlResult:
+        if not await self._send({"event": "halt", "reason": reason}):
+            return ControlResult(Outcome.FAILED, "the bridge is not connected")
         await self.close(CloseCode.NORMAL, "halted")
-        return True
+        return ControlResult(Outcome.DONE, "halt sent to the bridge")
+
+    async def warn_agent(self, prompt: str) -> ControlResult:
+        if not await self._send({"event": "warn_agent", "prompt": prompt}):
+            return ControlResult(Outcome.FAILED, "the bridge is not connected")
+        return ControlResult(Outcome.DONE, "prompt sent to the bridge")
+
+    async def lost(self, reason: str) -> None:
+        await self.fail(ProtocolError("monitoring_lost", reason, CloseCode.INTERNAL_ERROR))
 
     async def fail(self, error: ProtocolError) -> None:
-        if self.bridge == "pcm" and _open(self.ws):
-            with contextlib.suppress(*_PEER_GONE):  # the peer may be gone mid-send; the close below says it
-                await self.ws.send_text(json.dumps({"event": "error", "code": error.code, "message": error.message}))
+        await self._send({"event": "error", "code": error.code, "message": error.message})
         await self.close(error.close_code, error.code)
 
     async def close(self, code: int, reason: str = "") -> None:
         if _open(self.ws):
             with contextlib.suppress(*_PEER_GONE):
                 await self.ws.close(code, reason[:120])
+
+    async def _send(self, message: dict[str, str]) -> bool:
+        """PCM bridges only (Twilio would refuse unknown events); False when the peer is gone."""
+        if not _open(self.ws):
+            return False
+        if self.bridge == "pcm":
+            try:
+                await self.ws.send_text(json.dumps(message, ensure_ascii=False))
+            except _PEER_GONE:
+                return False
+        return True
+
+
+class TwilioBridge(WebSocketBridge):
+    """A Twilio media stream. The stream cannot end the call: a halt goes through Twilio's REST API
+    (Calls/{CallSid} Status=completed), then the stream is closed. A plain stream cannot whisper to the
+    collector either (that takes a conference with ``coaching``): ``warn_agent`` is not supported."""
+
+    def __init__(self, ws: WebSocket, parser: TwilioStreamParser, api: TwilioApi) -> None:
+        super().__init__(ws, parser.bridge)
+        self.parser = parser
+        self.api = api
+
+    async def hangup(self, reason: str) -> ControlResult:
+        if self.parser.call_id is None:
+            return ControlResult(Outcome.FAILED, "no callSid yet")
+        result = await self.api.complete_call(self.parser.call_id)
+        if result.outcome is Outcome.DONE:
+            await self.close(CloseCode.NORMAL, "halted")
+        return result
+
+    async def warn_agent(self, prompt: str) -> ControlResult:
+        return ControlResult(
+            Outcome.NOT_SUPPORTED, "a Twilio media stream cannot play audio to the collector alone (on-screen only)"
+        )
 
 
 def _open(ws: WebSocket) -> bool:
@@ -77,8 +116,31 @@ def _open(ws: WebSocket) -> bool:
 
 @router.websocket("/bridge/twilio")
 async def twilio_bridge(ws: WebSocket) -> None:
-    ingest = get_monitor(ws).services.settings.ingest
-    await serve_bridge(ws, TwilioStreamParser(ingest.max_sequence_gap, StreamLimits.from_settings(ingest)))
+    settings = get_monitor(ws).services.settings
+    api = TwilioApi(settings.twilio)
+    parser = TwilioStreamParser(settings.ingest.max_sequence_gap, StreamLimits.from_settings(settings.ingest))
+    if settings.twilio.auth_token is not None:
+        # Twilio signs the upgrade; a valid signature is the authentication (Twilio sends no bearer token).
+        url = twilio_url(ws, settings.twilio.public_url)
+        if not api.signature_valid(url, ws.headers.get("x-twilio-signature")):
+            await _refuse(ws, parser.bridge, "bad_signature", "invalid X-Twilio-Signature")
+            return
+        await _accept_and_serve(ws, parser, TwilioBridge(ws, parser, api))
+        return
+    await serve_bridge(ws, parser, TwilioBridge(ws, parser, api))
+
+
+def twilio_url(ws: WebSocket, public_url: str | None) -> str:
+    """The URL Twilio signed: the wss URL it was given, query included (behind a proxy: ``twilio.public_url``)."""
+    query = ws.url.query
+    if public_url:
+        base = public_url
+    else:
+        proto = ws.headers.get("x-forwarded-proto", ws.url.scheme)
+        scheme = "wss" if proto in ("https", "wss") else "ws"
+        host = ws.headers.get("x-forwarded-host") or ws.headers.get("host") or ws.url.netloc
+        base = f"{scheme}://{host}{ws.url.path}"
+    return f"{base}?{query}" if query else base
 
 
 @router.websocket("/bridge/pcm")
@@ -86,16 +148,22 @@ async def pcm_bridge(ws: WebSocket) -> None:
     await serve_bridge(ws, PcmStreamParser(StreamLimits.from_settings(get_monitor(ws).services.settings.ingest)))
 
 
-async def serve_bridge(ws: WebSocket, parser: Parser) -> None:
-    monitor = get_monitor(ws)
-    if not bridge_allowed(ws, monitor.services.settings):
-        stats = monitor.bridge_stats
-        stats.connections += 1
-        stats.rejected["unauthorized"] += 1
-        stats.close_codes[CloseCode.POLICY_VIOLATION] += 1
-        log.warning("bridge %s: connection without a valid bridge token refused", parser.bridge)
-        await ws.close(CloseCode.POLICY_VIOLATION, "bridge token required")
+async def serve_bridge(ws: WebSocket, parser: Parser, bridge: WebSocketBridge | None = None) -> None:
+    if not bridge_allowed(ws, get_monitor(ws).services.settings):
+        await _refuse(ws, parser.bridge, "unauthorized", "bridge token required")
         return
+    await _accept_and_serve(ws, parser, bridge or WebSocketBridge(ws, parser.bridge))
+
+
+async def _accept_and_serve(ws: WebSocket, parser: Parser, bridge: WebSocketBridge) -> None:
     await ws.accept()
-    bridge = WebSocketBridge(ws, parser.bridge)
-    await serve_connection(monitor, bridge, parser, bridge)
+    await serve_connection(get_monitor(ws), bridge, parser, bridge)
+
+
+async def _refuse(ws: WebSocket, bridge: str, code: str, reason: str) -> None:
+    stats = get_monitor(ws).bridge_stats
+    stats.connections += 1
+    stats.rejected[code] += 1
+    stats.close_codes[CloseCode.POLICY_VIOLATION] += 1
+    log.warning("bridge %s: connection refused: %s", bridge, reason)
+    await ws.close(CloseCode.POLICY_VIOLATION, reason)

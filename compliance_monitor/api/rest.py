@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from compliance_monitor.api.auth import Principal, require
 from compliance_monitor.api.deps import get_monitor
 from compliance_monitor.detect.rulepack import RulePackError
-from compliance_monitor.messages import Event, Severity
+from compliance_monitor.messages import Event, Outcome, Severity
 from compliance_monitor.monitor import Monitor
 
 router = APIRouter(prefix="/api")
@@ -81,6 +81,8 @@ async def metrics(monitor: MonitorDep, _: Auditor) -> str:
         "# TYPE cm_calls_without_speech_total counter",
         f'cm_calls_without_speech_total{{content="no_audio"}} {b.calls_without_audio}',
         f'cm_calls_without_speech_total{{content="no_speech"}} {b.calls_without_speech}',
+        "# TYPE cm_calls_unmonitored_total counter",  # alert on any increase: a call went on without the monitor
+        f"cm_calls_unmonitored_total {b.calls_unmonitored}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -118,11 +120,14 @@ def _with_rule_sources(call: dict[str, Any], rules: dict[str, Any]) -> dict[str,
 
 @router.post("/calls/{call_id}/halt", status_code=status.HTTP_202_ACCEPTED)
 async def halt_call(call_id: str, body: HaltRequest, monitor: MonitorDep, who: Supervisor) -> dict[str, str]:
+    """Ends the phone call through its bridge; ``outcome`` says whether it did (done / failed / not_supported)."""
     if call_id not in monitor.calls:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} is not live")
     actor = f"{who.role}:{who.agent_id}" if who.agent_id else who.role
-    done = await monitor.halt(call_id, body.reason, actor)
-    return {"call_id": call_id, "status": "halt_requested" if done else "already_halting"}
+    outcome = await monitor.halt(call_id, body.reason, actor)
+    if outcome is None:
+        return {"call_id": call_id, "status": "already_halting"}
+    return {"call_id": call_id, "status": "halted" if outcome is Outcome.DONE else "not_halted", "outcome": outcome}
 
 
 @router.get("/calls/{call_id}/export")

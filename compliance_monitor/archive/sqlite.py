@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS findings (
 CREATE TABLE IF NOT EXISTS actions (
     action_id INTEGER PRIMARY KEY, call_id TEXT NOT NULL REFERENCES calls(call_id),
     finding_id INTEGER REFERENCES findings(finding_id), action TEXT NOT NULL, reason TEXT NOT NULL,
-    actor TEXT NOT NULL, created_at REAL NOT NULL,
+    actor TEXT NOT NULL, created_at REAL NOT NULL, outcome TEXT, outcome_detail TEXT, outcome_at REAL,
     segment_id INTEGER  -- the finding's segment, copied so that an action filter walks an index in id order
 );
 CREATE TABLE IF NOT EXISTS audit (
@@ -191,6 +191,9 @@ class Archive:
         _add_missing_columns(db, "findings", {"withdrawn_at": "REAL", "withdrawn_reason": "TEXT"})
         # content: 'speech' | 'no_speech' | 'no_audio', set when the call ends (see Archive.end_call)
         _add_missing_columns(db, "calls", {"content": "TEXT"})
+        # What each action did to the phone call (messages.Outcome), and why the monitor stopped listening to a call.
+        _add_missing_columns(db, "actions", {"outcome": "TEXT", "outcome_detail": "TEXT", "outcome_at": "REAL"})
+        _add_missing_columns(db, "calls", {"unmonitored_at": "REAL", "unmonitored_reason": "TEXT"})
         if _add_missing_columns(db, "segments", {"agent_id": "TEXT"}):
             db.execute(
                 "UPDATE segments SET agent_id = (SELECT c.agent_id FROM calls c WHERE c.call_id = segments.call_id)"
@@ -484,21 +487,55 @@ class Archive:
 
         await self._write(write)
 
-    async def add_action(self, action: Action, finding_id: int | None, actor: str = "policy") -> int:
-        return await self.add_manual_action(action.call_id, action.kind.value, action.reason, finding_id, actor)
+    async def add_action(
+        self, action: Action, finding_id: int | None, actor: str = "policy", outcome: str | None = None
+    ) -> int:
+        return await self.add_manual_action(
+            action.call_id, action.kind.value, action.reason, finding_id, actor, outcome
+        )
 
-    async def add_manual_action(self, call_id: str, kind: str, reason: str, finding_id: int | None, actor: str) -> int:
+    async def add_manual_action(
+        self, call_id: str, kind: str, reason: str, finding_id: int | None, actor: str, outcome: str | None = None
+    ) -> int:
         def write(db: sqlite3.Connection) -> int:
             cur = db.execute(
-                "INSERT INTO actions(call_id, finding_id, action, reason, actor, created_at, segment_id) "
-                "VALUES (?,?,?,?,?,?,(SELECT segment_id FROM findings WHERE finding_id = ?))",
-                (call_id, finding_id, kind, reason, actor, self._now(), finding_id),
+                "INSERT INTO actions(call_id, finding_id, action, reason, actor, created_at, outcome, segment_id) "
+                "VALUES (?,?,?,?,?,?,?,(SELECT segment_id FROM findings WHERE finding_id = ?))",
+                (call_id, finding_id, kind, reason, actor, self._now(), outcome, finding_id),
             )
             action_id = int(cur.lastrowid or 0)
-            self._audit("action", action_id, {"call_id": call_id, "action": kind, "actor": actor, "reason": reason})
+            self._audit(
+                "action",
+                action_id,
+                {"call_id": call_id, "action": kind, "actor": actor, "reason": reason, "outcome": outcome},
+            )
             return action_id
 
         return await self._write(write)
+
+    async def set_action_outcome(self, call_id: str, action_id: int, outcome: str, detail: str = "") -> None:
+        """What the bridge did with an action archived as pending (the call ended, the prompt played, or not)."""
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE actions SET outcome = ?, outcome_detail = ?, outcome_at = ? WHERE action_id = ?",
+                (outcome, detail, time.time(), action_id),
+            )
+            self._audit("action_outcome", action_id, {"call_id": call_id, "outcome": outcome, "detail": detail})
+
+        await self._write(write)
+
+    async def mark_unmonitored(self, call_id: str, reason: str) -> None:
+        """The monitor stopped listening to a call that may go on: kept on the call for audit and review."""
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE calls SET unmonitored_at = ?, unmonitored_reason = ? WHERE call_id = ?",
+                (time.time(), reason, call_id),
+            )
+            self._audit("call_unmonitored", call_id, {"call_id": call_id, "reason": reason})
+
+        await self._write(write)
 
     # ------------------------------------------------------------------ reads
 
@@ -548,7 +585,8 @@ class Archive:
                 (call_id,),
             ).fetchall()
             acts = db.execute(
-                "SELECT action_id, action, finding_id, reason, actor, created_at AS ts FROM actions "
+                "SELECT action_id, action, finding_id, reason, actor, created_at AS ts, outcome, outcome_detail "
+                "FROM actions "
                 "WHERE call_id=? ORDER BY action_id",
                 (call_id,),
             ).fetchall()

@@ -2,7 +2,7 @@
 
 Adapters are pure protocol parsers: bytes/text in, stage messages out. They hold no sockets, so
 they are unit-tested without a server; the connection loop (``ingest/connection.py``) owns the
-transport. A new bridge (AudioSocket, FreeSWITCH, ...) reuses ``parse_json_object`` and the
+transport. A new bridge (ARI, FreeSWITCH, ...) reuses ``parse_json_object`` and the
 ``check_*`` helpers below, so its ``CallStarted`` is valid before any call is registered.
 """
 
@@ -215,6 +215,7 @@ class BridgeStats:
     gap_fill_s: float = 0.0  # silence inserted for timestamp holes
     calls_without_audio: int = 0
     calls_without_speech: int = 0
+    calls_unmonitored: int = 0  # calls the monitor stopped following while they went on (monitoring_lost)
 
     def reject(self, error: ProtocolError) -> None:
         self.rejected[error.code] += 1
@@ -233,4 +234,5 @@ class BridgeStats:
             "gap_fill_s": round(self.gap_fill_s, 3),
             "calls_without_audio": self.calls_without_audio,
             "calls_without_speech": self.calls_without_speech,
+            "calls_unmonitored": self.calls_unmonitored,
         }

@@ -6,8 +6,10 @@ Start message::
      "encoding": "s16le" | "mulaw" | "alaw", "channel_map": ["agent", "customer"], "metadata": {}}
 
 Binary frames are interleaved samples (frame size a multiple of channels × sample width). The
-server may send ``{"event": "halt", "reason": ...}`` to ask the bridge to hang up, and
-``{"event": "error", "code": ..., "message": ...}`` before closing on bad input.
+server may send ``{"event": "halt", "reason": ...}`` to ask the bridge to hang up,
+``{"event": "warn_agent", "prompt": ...}`` to play a prompt only the collector hears, and
+``{"event": "error", "code": ..., "message": ...}`` before closing on bad input, or with code
+``monitoring_lost`` (close 1011) when the monitor can no longer follow the call.
 """
 
 from __future__ import annotations

@@ -1,0 +1,209 @@
+"""A real Asterisk 22 (Debian sid, in a chroot built by scripts/build_asterisk_chroot.sh) with sipp as the phone.
+
+A sipp call to extension 100 streams real Mandarin speech (AISHELL, as 8 kHz μ-law RTP); the dialplan hands the
+channel to our AudioSocket server; the monitor transcribes it with the real ASR model, the test rule fires and
+the warning tone is written back into the channel — and is found, by a packet capture, in the RTP Asterisk
+sends to that phone; a supervisor's halt over REST sends the hang-up frame, and sipp sees Asterisk's BYE.
+If the PBX cannot be built or started this test fails: it never skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from compliance_monitor.audio.g711 import ulaw_decode
+from tests.conftest import AISHELL, AUDIO, REPO, SHARED, LiveServer, free_port, make_settings
+from tests.wsclient import record_feed
+
+pytestmark = [pytest.mark.pbx, pytest.mark.slow]
+
+CONFIGS = SHARED / "telephony"
+UUID = "40325ec2-5efd-4bd3-805f-53576e581d13"  # the one extension 100 of the shared dialplan sends
+CLIP = "BAC009S0764W0121.wav"
+
+
+def _run(*cmd: str, timeout: float = 30, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False)
+
+
+def build_root() -> Path:
+    done = _run(str(REPO / "scripts" / "build_asterisk_chroot.sh"), timeout=900)
+    if done.returncode != 0:
+        pytest.fail(
+            f"could not build the Asterisk chroot (run scripts/build_asterisk_chroot.sh):\n{done.stderr[-2000:]}"
+        )
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+class Asterisk:
+    """Asterisk in the chroot with the shared loopback configs, AudioSocket pointed at ``audiosocket_port``."""
+
+    def __init__(self, root: Path, audiosocket_port: int) -> None:
+        self.root = root
+        etc = root / "etc" / "asterisk"
+        for conf in (CONFIGS / "asterisk").glob("*.conf"):
+            text = conf.read_text().replace("127.0.0.1:9092", f"127.0.0.1:{audiosocket_port}")
+            (etc / conf.name).write_text(text)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def cli(self, command: str) -> subprocess.CompletedProcess[str]:
+        return _run("chroot", str(self.root), "/usr/sbin/asterisk", "-rx", command, timeout=15)
+
+    def __enter__(self) -> Asterisk:
+        self.cli("core stop now")  # one left over from an interrupted run
+        self.proc = subprocess.Popen(
+            ["chroot", str(self.root), "/usr/sbin/asterisk", "-f", "-U", "asterisk", "-G", "asterisk"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        while "customer" not in self.cli("pjsip show endpoints").stdout:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read().decode()[-2000:] if self.proc.stderr else ""
+                pytest.fail(f"Asterisk did not start in {self.root}: {err}")
+            time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cli("core stop now")
+        if self.proc is not None:
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def asterisk_root() -> Path:
+    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("sipp", "sox", "tcpdump")):
+        pytest.fail("the pbx tests need root (chroot), sipp, sox and tcpdump (apt-get install sip-tester sox tcpdump)")
+    return build_root()
+
+
+def rtp_payloads(pcap: Path) -> list[bytes]:
+    """The RTP payloads of a loopback capture (pcap, Ethernet link layer, IPv4/UDP)."""
+    data = pcap.read_bytes()
+    link = struct.unpack("<I", data[20:24])[0]
+    skip = {1: 14, 113: 16, 0: 4}[link]  # Ethernet, Linux cooked, BSD loopback
+    out, pos = [], 24
+    while pos + 16 <= len(data):
+        caplen = struct.unpack("<I", data[pos + 8 : pos + 12])[0]
+        packet = data[pos + 16 : pos + 16 + caplen]
+        pos += 16 + caplen
+        ip = packet[skip:]
+        udp = ip[(ip[0] & 0x0F) * 4 :]
+        rtp = udp[8:]
+        if len(rtp) > 12 and rtp[0] >> 6 == 2:
+            out.append(rtp[12 + 4 * (rtp[0] & 0x0F) :])
+    return out
+
+
+def tone_seconds(payloads: list[bytes], hz: float = 1000.0) -> float:
+    """How long the μ-law audio holds a clear ``hz`` tone: 20 ms frames where it carries most of the energy."""
+    held = 0.0
+    for payload in payloads:
+        pcm = ulaw_decode(payload).astype(np.float64)
+        if len(pcm) < 80 or not pcm.any():
+            continue
+        t = np.arange(len(pcm)) / 8000
+        at_hz = abs(np.dot(pcm, np.exp(-2j * np.pi * hz * t))) ** 2 * 2 / len(pcm)
+        if at_hz / np.dot(pcm, pcm) > 0.6 and np.abs(pcm).max() > 2000:
+            held += len(pcm) / 8000
+    return held
+
+
+@pytest.fixture
+def phone_dir(tmp_path: Path) -> Path:
+    """sipp's working directory: the scenario and the customer's speech as 8 kHz μ-law."""
+    shutil.copy(CONFIGS / "uac_stream.xml", tmp_path)
+    done = _run("sox", str(AUDIO / CLIP), "-r", "8000", "-c", "1", "-e", "u-law", str(tmp_path / "cust_ulaw.wav"))
+    assert done.returncode == 0, done.stderr
+    return tmp_path
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LiveServer]:
+    # The real ASR model; the test rule pack fires on 交易, which the clip says.
+    settings = make_settings(tmp_path, audiosocket={"port": free_port()}, ingest={"idle_timeout_s": 60})
+    with LiveServer(settings) as live:
+        yield live
+
+
+async def test_a_sipp_call_through_asterisk_is_transcribed_warned_and_halted(
+    asterisk_root: Path, phone_dir: Path, server: LiveServer
+) -> None:
+    port = server.app.state.audiosocket.port
+    async with httpx.AsyncClient(base_url=server.http, timeout=30) as client:
+        # What an ARI application (or the dialplan's CURL) registers: this socket is the collector's leg.
+        registered = await client.post(
+            f"/api/audiosocket/calls/{UUID}", json={"call_id": "pbx-call", "agent_id": "1001", "speaker": "agent"}
+        )
+        assert registered.status_code == 201
+        with Asterisk(asterisk_root, port):
+            async with record_feed(f"{server.ws}/ws/console") as console:
+                media_port = free_port() & ~1
+                capture = await asyncio.create_subprocess_exec(
+                    *(
+                        "tcpdump",
+                        "-i",
+                        "lo",
+                        "-U",
+                        "-w",
+                        str(phone_dir / "to_phone.pcap"),
+                        f"udp dst port {media_port}",
+                    ),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                await asyncio.sleep(1)  # tcpdump is listening before the call starts
+                sipp = await asyncio.create_subprocess_exec(
+                    *("sipp", "-sf", "uac_stream.xml", "-s", "100", "127.0.0.1:5060", "-mi", "127.0.0.1"),
+                    *("-p", str(free_port()), "-mp", str(media_port), "-m", "1", "-nostdin", "-timeout", "120"),
+                    cwd=phone_dir,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+                try:
+                    events = await console.wait_for(
+                        lambda ev: any(e["type"] == "transcript" and e["final"] and e["text"] for e in ev), 90
+                    )
+                    finals = [e["text"] for e in events if e["type"] == "transcript" and e["final"]]
+                    reference = AISHELL[CLIP]
+                    heard = sum(ch in "".join(finals) for ch in reference) / len(reference)
+                    assert heard >= 0.6, finals  # the speech crossed SIP, RTP, Asterisk and AudioSocket intact
+                    await console.wait_for(
+                        lambda ev: any(e["type"] == "action_outcome" and e["action"] == "warn_collector" for e in ev),
+                        30,
+                    )
+                    halted = await client.post("/api/calls/pbx-call/halt", json={"reason": "supervisor halt"})
+                    assert halted.json()["outcome"] == "done", halted.text
+                    _, err = await asyncio.wait_for(sipp.communicate(), 30)
+                    assert sipp.returncode == 0, f"sipp did not get its BYE: {err.decode()[-1500:]}"
+                    await console.wait_call_ended("pbx-call", 30)
+                finally:
+                    if sipp.returncode is None:
+                        sipp.kill()
+                        await sipp.wait()
+                    capture.terminate()
+                    await asyncio.wait_for(capture.wait(), 10)
+        call = (await client.get("/api/calls/pbx-call")).json()
+    assert call["call"]["bridge"] == "audiosocket" and call["call"]["end_reason"] == "halted"
+    outcomes = {(a["action"], a["outcome"]) for a in call["actions"]}
+    assert ("warn_collector", "done") in outcomes and ("halt_call", "done") in outcomes
+    # The two 180 ms beeps reached the phone on this leg, as RTP from Asterisk.
+    heard_s = tone_seconds(rtp_payloads(phone_dir / "to_phone.pcap"))
+    print(f"warning tone in the RTP to the phone: {heard_s:.2f} s")
+    assert heard_s >= 0.25
