@@ -8,20 +8,13 @@ import numpy as np
 import pytest
 
 from compliance_monitor.asr.decoder import DecodeRequest, WhisperDecoder
+from compliance_monitor.asr.evaluate import telephone_band
 from compliance_monitor.asr.scoring import cer
 from compliance_monitor.asr.weights import BASE_MODEL_BYTES, ModelUnavailableError, resolve_model
-from compliance_monitor.audio.g711 import ulaw_decode, ulaw_encode
-from compliance_monitor.audio.resample import float_to_pcm16, pcm16_to_float, resample
 from compliance_monitor.config import AsrSettings
 from tests.conftest import AISHELL, SHARED, load_audio
 
 CACHE = Path.home() / ".cache" / "compliance-monitor"
-
-
-def telephone_band(audio: np.ndarray) -> np.ndarray:
-    """16 kHz → 8 kHz μ-law → 16 kHz, as every bridge delivers it."""
-    narrow = ulaw_decode(ulaw_encode(float_to_pcm16(resample(audio, 16_000, 8_000))))
-    return resample(pcm16_to_float(narrow), 8_000, 16_000)
 
 
 @pytest.mark.unit

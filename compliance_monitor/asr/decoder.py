@@ -174,7 +174,7 @@ class WhisperDecoder:
         for (beam, window), idx in sorted(groups.items()):
             features = ctranslate2.StorageView.from_array(self._features([requests[i].audio for i in idx], window))
             for i, res in zip(idx, self._generate(features, [requests[i] for i in idx], beam), strict=True):
-                results[i] = _with(res, window=window)
+                results[i] = replace(res, window=window)
         for i, res in enumerate(results):
             assert res is not None
             request = requests[i]
@@ -207,11 +207,11 @@ class WhisperDecoder:
         bare = replace(request, prompt_text=None)
         features = ctranslate2.StorageView.from_array(self._features([request.audio], FULL_WINDOW))
         retry = self._generate(features, [bare], request.beam_size, with_domain_prompt=False)[0]
-        retry = _with(retry, window=FULL_WINDOW)
+        retry = replace(retry, window=FULL_WINDOW)
         if retry.rejected is None and (first.rejected is not None or len(retry.text) > len(first.text)):
-            return _with(retry, retries=retries)
+            return replace(retry, retries=retries)
         if first.rejected is None:
-            return _with(first, retries=retries)
+            return replace(first, retries=retries)
         return _rescue(first, retry, retries)
 
     def _generate(
@@ -272,10 +272,6 @@ class WhisperDecoder:
         self.decode([DecodeRequest(np.zeros(16_000, dtype=np.float32), beam_size=1)])
 
 
-def _with(result: DecodeResult, **changes: object) -> DecodeResult:
-    return replace(result, **changes)  # type: ignore[arg-type]
-
-
 def _rescue(first: DecodeResult, retry: DecodeResult | None, retries: tuple[str, ...]) -> DecodeResult:
     """The guards rejected every decode. Keep the most confident hypothesis if confidence was all they lacked and
     the last decode too heard words (as stock whisper keeps its last reading once its fallbacks run out); when it
@@ -283,6 +279,6 @@ def _rescue(first: DecodeResult, retry: DecodeResult | None, retries: tuple[str,
     last = retry or first
     usable = [r for r in (first, retry) if r is not None and r.rejected in RESCUABLE and r.hypothesis]
     if last.rejected not in RESCUABLE or not usable:
-        return _with(first, retries=retries)
+        return replace(first, retries=retries)
     best = max(usable, key=lambda r: r.avg_logprob)
-    return _with(best, text=best.hypothesis, rejected=None, retries=retries, rescued=best.rejected)
+    return replace(best, text=best.hypothesis, rejected=None, retries=retries, rescued=best.rejected)

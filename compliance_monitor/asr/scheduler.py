@@ -13,9 +13,11 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from compliance_monitor.asr.decoder import DecodeRequest, DecodeResult, WhisperDecoder
 from compliance_monitor.config import AsrSettings
@@ -73,19 +75,20 @@ class AsrStats:
             "finals_retried": self.finals_retried,
             "finals_fast": self.finals_fast,
             "finals_rescued": dict(self.finals_rescued),
-            "final_decode_s": _percentiles(self.final_decode_s),
+            "final_decode_s": percentiles(self.final_decode_s),
         }
 
 
-def _percentiles(values: deque[float]) -> dict[str, float | None]:
-    if not values:
+def percentiles(values: Iterable[float]) -> dict[str, float | None]:
+    """p50 / p95 / max of a sample (None when empty): the live stats and the eval reports print the same."""
+    arr = np.fromiter(values, dtype=float)
+    if not len(arr):
         return {"p50": None, "p95": None, "max": None}
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
-
-    return {"p50": at(0.5), "p95": at(0.95), "max": at(1.0)}
+    return {
+        "p50": round(float(np.percentile(arr, 50)), 3),
+        "p95": round(float(np.percentile(arr, 95)), 3),
+        "max": round(float(arr.max()), 3),
+    }
 
 
 class AsrScheduler:

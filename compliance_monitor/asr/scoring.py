@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from compliance_monitor.asr.scheduler import percentiles
 from compliance_monitor.text.normalise import numerals_to_digits, to_half_width, to_simplified
 
 LOST_BELOW = 0.5
@@ -92,17 +93,6 @@ def score(clip: Clip, condition: str, mode: str, hypothesis: str, setting: str =
         len(clip.audio) / 16_000,
         **extra,
     )
-
-
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "max": None}
-    arr = np.asarray(values)
-    return {
-        "p50": round(float(np.percentile(arr, 50)), 3),
-        "p95": round(float(np.percentile(arr, 95)), 3),
-        "max": round(float(arr.max()), 3),
-    }
 
 
 def pooled(rows: list[Scored]) -> list[dict[str, Any]]:

@@ -94,7 +94,13 @@ class SpeechSegmenter:
         self._silence_run = 0  # consecutive windows below neg_threshold while in speech
         self._segment_start_window = 0
         self._last_end_t = 0.0  # a new segment never reaches back into the previous one
-        self._probs: deque[float] = deque(maxlen=self._windows(max(settings.onset_lookback_ms, settings.cut_search_ms)))
+        w = self._windows
+        # the settings in 32 ms windows, once: the step below runs for every window of every stream
+        self._min_speech, self._min_silence = w(settings.min_speech_ms), w(settings.min_silence_ms)
+        self._split_after, self._split_pause = w(settings.split_after_s * 1000), w(settings.split_pause_ms)
+        self._max_segment, self._lookback = w(settings.max_segment_s * 1000), w(settings.onset_lookback_ms)
+        self._cut_search = w(settings.cut_search_ms)
+        self._probs: deque[float] = deque(maxlen=max(self._lookback, self._cut_search))
 
     @staticmethod
     def _windows(ms: float) -> int:
@@ -115,7 +121,7 @@ class SpeechSegmenter:
         pad = s.speech_pad_ms / 1000
         if not self.in_speech:
             self._speech_run = self._speech_run + 1 if p >= s.threshold else 0
-            if self._speech_run >= self._windows(s.min_speech_ms):
+            if self._speech_run >= self._min_speech:
                 self.in_speech = True
                 self._silence_run = 0
                 self._segment_start_window = self._onset(self._windows_seen - self._speech_run)
@@ -124,12 +130,10 @@ class SpeechSegmenter:
             return
         self._silence_run = self._silence_run + 1 if p < s.neg_threshold else 0
         length = self._windows_seen - self._segment_start_window
-        too_long = length >= self._windows(s.max_segment_s * 1000)
-        long_turn_pause = length >= self._windows(s.split_after_s * 1000) and self._silence_run >= self._windows(
-            s.split_pause_ms
-        )
+        too_long = length >= self._max_segment
+        long_turn_pause = length >= self._split_after and self._silence_run >= self._split_pause
         if (
-            self._silence_run >= self._windows(s.min_silence_ms)
+            self._silence_run >= self._min_silence
             or long_turn_pause
             or (too_long and self._silence_run > 0)  # capped in a pause: the turn ends here
         ):
@@ -153,14 +157,14 @@ class SpeechSegmenter:
         probs = list(self._probs)
         first_kept = self._windows_seen - len(probs)  # window index of probs[0]
         after_previous = math.ceil(self._last_end_t / WINDOW_S - 1e-9)
-        lookback_from = max(first_kept, after_previous, sure_from - self._windows(self.s.onset_lookback_ms))
+        lookback_from = max(first_kept, after_previous, sure_from - self._lookback)
         onset, gap = sure_from, 0
         for window in range(sure_from - 1, lookback_from - 1, -1):
             if probs[window - first_kept] >= self.s.neg_threshold:
                 onset, gap = window, 0
             else:
                 gap += 1
-                if gap >= self._windows(self.s.min_silence_ms):
+                if gap >= self._min_silence:
                     break
         return onset
 
@@ -169,7 +173,7 @@ class SpeechSegmenter:
         segment's first half (a cut never makes a sliver)."""
         probs = list(self._probs)
         first_kept = self._windows_seen - len(probs)
-        search = self._windows(self.s.cut_search_ms)
+        search = self._cut_search
         half = self._segment_start_window + (self._windows_seen - self._segment_start_window) // 2
         lo = max(first_kept, self._windows_seen - search, half)
         window = min(range(lo, self._windows_seen), key=lambda w: (probs[w - first_kept], -w))
