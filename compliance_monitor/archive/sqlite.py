@@ -70,7 +70,22 @@ CREATE TABLE IF NOT EXISTS audit (
     audit_id INTEGER PRIMARY KEY, kind TEXT NOT NULL, ref_id TEXT NOT NULL,
     payload TEXT,     -- NULL: a segment entry, its body is the segment row
     prev_hash TEXT,   -- NULL: the hash of the entry before (stored only before compaction)
-    hash BLOB NOT NULL, created_at REAL NOT NULL
+    hash BLOB NOT NULL, created_at REAL NOT NULL,
+    call_id TEXT, actor TEXT,  -- the call it concerns, the person who did it
+    v INTEGER                  -- 2: the hash covers the whole row (audit.entry_hash_v2), NULL: older formula
+);
+CREATE TABLE IF NOT EXISTS users (
+    user_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL, agent_id TEXT,
+    password_hash TEXT NOT NULL, disabled INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    token_id INTEGER PRIMARY KEY, label TEXT NOT NULL, role TEXT NOT NULL, agent_id TEXT,
+    token_hash TEXT NOT NULL UNIQUE,  -- sha256 of the secret, which is shown once
+    disabled INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, created_by TEXT
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_hash TEXT PRIMARY KEY, user_name TEXT NOT NULL, created_at REAL NOT NULL,
+    last_seen REAL NOT NULL, ip TEXT
 );
 """
 
@@ -87,6 +102,7 @@ CREATE INDEX IF NOT EXISTS actions_finding ON actions(finding_id, action);
 CREATE INDEX IF NOT EXISTS actions_call ON actions(call_id);
 CREATE INDEX IF NOT EXISTS actions_kind ON actions(action, segment_id);
 CREATE INDEX IF NOT EXISTS audit_ref ON audit(kind, ref_id);
+CREATE INDEX IF NOT EXISTS audit_call ON audit(call_id);
 """
 
 SCHEMA = TABLES + INDEXES
@@ -156,7 +172,10 @@ class Archive:
         self._checkpoint_db: sqlite3.Connection | None = None
         self._checkpoint_busy = False
         self._checkpoint_at = 0.0
+        # The chain head: _last_* is what the open transaction has written, _head what has committed.
         self._last_hash = GENESIS
+        self._last_id = 0
+        self._head: tuple[int, str, float] = (0, GENESIS, 0.0)
         self._last_time = 0.0
         self._segment_sql = _segment_insert(legacy_tokens=False)
 
@@ -177,8 +196,10 @@ class Archive:
         with db:
             db.execute("BEGIN IMMEDIATE")
             self._migrate(db)
-        row = db.execute("SELECT hash FROM audit ORDER BY audit_id DESC LIMIT 1").fetchone()
-        self._last_hash = audit.as_hex(row["hash"]) if row else GENESIS
+        row = db.execute("SELECT audit_id, hash, created_at FROM audit ORDER BY audit_id DESC LIMIT 1").fetchone()
+        if row:
+            self._head = (row["audit_id"], audit.as_hex(row["hash"]), row["created_at"])
+        self._last_id, self._last_hash = self._head[0], self._head[1]
         row = db.execute("SELECT created_at FROM segments ORDER BY segment_id DESC LIMIT 1").fetchone()
         self._last_time = row["created_at"] if row else 0.0
         self._segment_sql = _segment_insert("tokens" in _columns(db, "segments"))
@@ -194,6 +215,7 @@ class Archive:
         # What each action did to the phone call (messages.Outcome), and why the monitor stopped listening to a call.
         _add_missing_columns(db, "actions", {"outcome": "TEXT", "outcome_detail": "TEXT", "outcome_at": "REAL"})
         _add_missing_columns(db, "calls", {"unmonitored_at": "REAL", "unmonitored_reason": "TEXT"})
+        _add_missing_columns(db, "audit", {"call_id": "TEXT", "actor": "TEXT", "v": "INTEGER"})
         if _add_missing_columns(db, "segments", {"agent_id": "TEXT"}):
             db.execute(
                 "UPDATE segments SET agent_id = (SELECT c.agent_id FROM calls c WHERE c.call_id = segments.call_id)"
@@ -266,16 +288,17 @@ class Archive:
     def _commit(self, batch: list[_Op]) -> None:
         """One transaction for all queued writes; a failing write rolls back alone (its savepoint)."""
         db, outcomes = self.db, []
-        chain_at_start = self._last_hash
         try:
             db.execute("BEGIN IMMEDIATE")
             for op in batch:
                 outcomes.append(self._apply(db, op))
             db.execute("COMMIT")
+            if self._last_id != self._head[0]:
+                self._head = (self._last_id, self._last_hash, self._last_time)  # advances only once committed
         except BaseException as exc:  # the commit itself failed: nothing in the batch is archived
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            self._last_hash = chain_at_start
+            self._last_id, self._last_hash = self._head[0], self._head[1]
             outcomes = [(False, exc)] * len(batch)
         for op, (ok, value) in zip(batch, outcomes, strict=True):
             op.loop.call_soon_threadsafe(_settle, op.future, ok, value)
@@ -304,14 +327,14 @@ class Archive:
             self._checkpoint_busy = False
 
     def _apply(self, db: sqlite3.Connection, op: _Op) -> tuple[bool, Any]:
-        chain_before = self._last_hash
+        chain_before = self._last_id, self._last_hash
         db.execute("SAVEPOINT op")
         try:
             value = op.fn(db)
         except Exception as exc:
             db.execute("ROLLBACK TO op")
             db.execute("RELEASE op")
-            self._last_hash = chain_before
+            self._last_id, self._last_hash = chain_before
             return False, exc
         db.execute("RELEASE op")
         return True, value
@@ -345,15 +368,46 @@ class Archive:
         self._last_time = max(self._clock(), self._last_time)
         return self._last_time
 
-    def _audit(self, kind: str, ref_id: object, payload: dict[str, Any], *, stored: bool = True) -> None:
-        """Append to the hash chain: each entry commits to the one before it."""
+    def _audit(
+        self,
+        kind: str,
+        ref_id: object,
+        payload: dict[str, Any],
+        *,
+        stored: bool = True,
+        call_id: str | None = None,
+        actor: str | None = None,
+    ) -> int:
+        """Append to the hash chain (writer thread, inside the transaction): the entry's hash covers its whole
+        row and the hash before it. Returns the new audit_id."""
         body = audit.body_json(payload)
-        digest = audit.entry_hash(self._last_hash, kind, ref_id, body)
+        audit_id, at = self._last_id + 1, self._now()
+        digest = audit.entry_hash_v2(self._last_hash, audit_id, kind, ref_id, call_id, actor, at, body)
         self.db.execute(
-            "INSERT INTO audit(kind, ref_id, payload, hash, created_at) VALUES (?,?,?,?,?)",
-            (kind, str(ref_id), body if stored else None, bytes.fromhex(digest), self._now()),
+            "INSERT INTO audit(audit_id, kind, ref_id, payload, hash, created_at, call_id, actor, v) "
+            "VALUES (?,?,?,?,?,?,?,?,2)",
+            (audit_id, kind, str(ref_id), body if stored else None, bytes.fromhex(digest), at, call_id, actor),
         )
-        self._last_hash = digest
+        self._last_id, self._last_hash = audit_id, digest
+        return audit_id
+
+    async def record_audit(
+        self, kind: str, actor: str, payload: dict[str, Any], call_id: str | None = None, ref_id: object = None
+    ) -> int:
+        """Record something a person did (halt, ack, note, search, export, login, unmask, ...); returns audit_id.
+
+        ``actor`` is the username (``Principal.user``); it is stored in its own hashed column and in the payload."""
+
+        def write(db: sqlite3.Connection) -> int:
+            ref = ref_id if ref_id is not None else (call_id or "")
+            return self._audit(kind, ref, {**payload, "actor": actor}, call_id=call_id, actor=actor)
+
+        return await self._write(write)
+
+    def audit_head(self) -> dict[str, Any]:
+        """The last committed entry: anchor it elsewhere to detect a rewrite of the whole chain."""
+        audit_id, digest, at = self._head
+        return {"audit_id": audit_id, "hash": digest, "created_at": at}
 
     # ------------------------------------------------------------------ writes
 
@@ -372,7 +426,7 @@ class Archive:
                 "INSERT INTO calls(call_id, agent_id, bridge, metadata, started_at) VALUES (?,?,?,?,?)",
                 (key, call.agent_id, call.bridge, json.dumps(metadata, ensure_ascii=False), call.wall_time),
             )
-            self._audit("call_started", key, {"agent_id": call.agent_id, "bridge": call.bridge})
+            self._audit("call_started", key, {"agent_id": call.agent_id, "bridge": call.bridge}, call_id=key)
             return key
 
         return await self._write(write)
@@ -385,7 +439,7 @@ class Archive:
                 "UPDATE calls SET ended_at=?, end_reason=?, content=? WHERE call_id=?",
                 (ended_at, reason, content, call_id),
             )
-            self._audit("call_ended", call_id, {"reason": reason, "content": content})
+            self._audit("call_ended", call_id, {"reason": reason, "content": content}, call_id=call_id)
 
         await self._write(write)
 
@@ -416,7 +470,7 @@ class Archive:
         segment_id = int(cur.lastrowid or 0)
         db.execute("INSERT INTO segments_grams(rowid, uni, bi) VALUES (?, ?, ?)", (segment_id, *grams(text.text)))
         body = audit.segment_payload(tr.call_id, tr.speaker.value, tr.t0, tr.t1, text.text)
-        self._audit("segment", segment_id, body, stored=False)  # the row is the payload
+        self._audit("segment", segment_id, body, stored=False, call_id=tr.call_id)  # the row is the payload
         return segment_id
 
     async def add_finding(self, f: Finding, segment_id: int | None) -> int:
@@ -456,6 +510,7 @@ class Archive:
             "finding",
             finding_id,
             {"call_id": f.call_id, "rule_id": f.rule_id, "category": f.category, "matched_text": f.matched_text},
+            call_id=f.call_id,
         )
         return finding_id
 
@@ -483,7 +538,7 @@ class Archive:
                 "UPDATE findings SET withdrawn_at = ?, withdrawn_reason = ? WHERE finding_id = ?",
                 (self._now(), reason, finding_id),
             )
-            self._audit("finding_withdrawn", finding_id, {"call_id": call_id, "reason": reason})
+            self._audit("finding_withdrawn", finding_id, {"call_id": call_id, "reason": reason}, call_id=call_id)
 
         await self._write(write)
 
@@ -508,6 +563,8 @@ class Archive:
                 "action",
                 action_id,
                 {"call_id": call_id, "action": kind, "actor": actor, "reason": reason, "outcome": outcome},
+                call_id=call_id,
+                actor=actor,
             )
             return action_id
 
@@ -521,7 +578,9 @@ class Archive:
                 "UPDATE actions SET outcome = ?, outcome_detail = ?, outcome_at = ? WHERE action_id = ?",
                 (outcome, detail, time.time(), action_id),
             )
-            self._audit("action_outcome", action_id, {"call_id": call_id, "outcome": outcome, "detail": detail})
+            self._audit(
+                "action_outcome", action_id, {"call_id": call_id, "outcome": outcome, "detail": detail}, call_id=call_id
+            )
 
         await self._write(write)
 
@@ -533,7 +592,7 @@ class Archive:
                 "UPDATE calls SET unmonitored_at = ?, unmonitored_reason = ? WHERE call_id = ?",
                 (time.time(), reason, call_id),
             )
-            self._audit("call_unmonitored", call_id, {"call_id": call_id, "reason": reason})
+            self._audit("call_unmonitored", call_id, {"call_id": call_id, "reason": reason}, call_id=call_id)
 
         await self._write(write)
 
@@ -627,6 +686,146 @@ class Archive:
 
         return await self._read(read)
 
+    async def verify_report(self, call_id: str | None = None) -> dict[str, Any]:
+        """The whole chain recomputed: {"ok", "entries", "breaks"}; with ``call_id`` only that call's entries
+        count (the walk still runs over the whole chain, each hash needs the one before)."""
+
+        def read(db: sqlite3.Connection) -> dict[str, Any]:
+            rows = db.cursor()
+            rows.row_factory = None
+            n, breaks = audit.check(rows.execute(f"{audit.ENTRY_ROWS} ORDER BY a.audit_id"))
+            breaks += _finding_breaks(db)
+            if call_id is not None:
+                ids = {r[0] for r in db.execute(_CALL_ENTRY_IDS, {"c": call_id})}
+                breaks, n = [b for b in breaks if b["audit_id"] in ids], len(ids)
+            last = db.execute("SELECT audit_id, hash FROM audit ORDER BY audit_id DESC LIMIT 1").fetchone()
+            return {"ok": not breaks, "entries": n, "breaks": breaks, "last_id": last[0] if last else 0}
+
+        return await self._read(read)
+
+    async def audit_hash_at(self, audit_id: int) -> str | None:
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT hash FROM audit WHERE audit_id = ?", (audit_id,)).fetchone()
+            return audit.as_hex(row[0]) if row else None
+
+        return await self._read(read)
+
+    # ------------------------------------------------------------------ people (issue 18)
+
+    async def auth_configured(self) -> bool:
+        """Any user or API token: auth is then in force."""
+
+        def read(db: sqlite3.Connection) -> bool:
+            return db.execute("SELECT 1 FROM users UNION ALL SELECT 1 FROM api_tokens LIMIT 1").fetchone() is not None
+
+        return await self._read(read)
+
+    async def add_user(self, name: str, role: str, agent_id: str | None, password_hash: str, actor: str) -> int:
+        """Raises ValueError when the name is taken."""
+
+        def write(db: sqlite3.Connection) -> int:
+            if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+                raise ValueError(f"a user named {name!r} already exists")
+            cur = db.execute(
+                "INSERT INTO users(name, role, agent_id, password_hash, created_at) VALUES (?,?,?,?,?)",
+                (name, role, agent_id, password_hash, time.time()),
+            )
+            self._audit(
+                "user_added", name, {"user": name, "role": role, "agent_id": agent_id, "actor": actor}, actor=actor
+            )
+            return int(cur.lastrowid or 0)
+
+        return await self._write(write)
+
+    async def set_user_disabled(self, name: str, disabled: bool, actor: str) -> bool:
+        """False when there is no such user. Disabling ends the user's sessions."""
+
+        def write(db: sqlite3.Connection) -> bool:
+            cur = db.execute("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), name))
+            if not cur.rowcount:
+                return False
+            if disabled:
+                db.execute("DELETE FROM sessions WHERE user_name = ?", (name,))
+            kind = "user_disabled" if disabled else "user_enabled"
+            self._audit(kind, name, {"user": name, "actor": actor}, actor=actor)
+            return True
+
+        return await self._write(write)
+
+    async def get_user(self, name: str) -> dict[str, Any] | None:
+        def read(db: sqlite3.Connection) -> dict[str, Any] | None:
+            row = db.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+            return dict(row) if row else None
+
+        return await self._read(read)
+
+    async def list_users(self) -> list[dict[str, Any]]:
+        def read(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            users = db.execute("SELECT name, role, agent_id, disabled, created_at FROM users ORDER BY name")
+            tokens = db.execute(
+                "SELECT 'token:' || label AS name, role, agent_id, disabled, created_at FROM api_tokens ORDER BY label"
+            )
+            return [dict(r) for r in [*users.fetchall(), *tokens.fetchall()]]
+
+        return await self._read(read)
+
+    async def add_token(self, label: str, role: str, agent_id: str | None, token_hash: str, actor: str) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "INSERT INTO api_tokens(label, role, agent_id, token_hash, created_at, created_by) "
+                "VALUES (?,?,?,?,?,?)",
+                (label, role, agent_id, token_hash, time.time(), actor),
+            )
+            payload = {"label": label, "role": role, "agent_id": agent_id, "actor": actor}
+            self._audit("token_created", label, payload, actor=actor)
+            return int(cur.lastrowid or 0)
+
+        return await self._write(write)
+
+    async def find_token(self, token_hash: str) -> dict[str, Any] | None:
+        def read(db: sqlite3.Connection) -> dict[str, Any] | None:
+            row = db.execute(
+                "SELECT label, role, agent_id FROM api_tokens WHERE token_hash = ? AND disabled = 0", (token_hash,)
+            ).fetchone()
+            return dict(row) if row else None
+
+        return await self._read(read)
+
+    async def create_session(self, session_hash: str, user: str, ip: str | None) -> float:
+        now = time.time()
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO sessions(session_hash, user_name, created_at, last_seen, ip) VALUES (?,?,?,?,?)",
+                (session_hash, user, now, now, ip),
+            )
+
+        await self._write(write)
+        return now
+
+    async def session_user(self, session_hash: str) -> dict[str, Any] | None:
+        """The session with its (enabled) user's role and agent id; None when gone or the user is disabled."""
+
+        def read(db: sqlite3.Connection) -> dict[str, Any] | None:
+            row = db.execute(
+                "SELECT s.created_at, s.last_seen, u.name, u.role, u.agent_id FROM sessions s "
+                "JOIN users u ON u.name = s.user_name AND u.disabled = 0 WHERE s.session_hash = ?",
+                (session_hash,),
+            ).fetchone()
+            return dict(row) if row else None
+
+        return await self._read(read)
+
+    async def touch_session(self, session_hash: str) -> None:
+        await self._write(
+            lambda db: db.execute(
+                "UPDATE sessions SET last_seen = ? WHERE session_hash = ?", (time.time(), session_hash)
+            )
+        )
+
+    async def end_session(self, session_hash: str) -> None:
+        await self._write(lambda db: db.execute("DELETE FROM sessions WHERE session_hash = ?", (session_hash,)))
+
     async def search(
         self,
         query: str | None,
@@ -701,6 +900,32 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
             db.execute(statement)
 
 
+# The audit ids of one call's entries (per-call verify).
+_CALL_ENTRY_IDS = (
+    "SELECT audit_id FROM audit WHERE call_id = :c "
+    "OR (kind IN ('call_started', 'call_ended') AND ref_id = :c) "
+    "OR (kind = 'segment' AND ref_id IN (SELECT CAST(segment_id AS TEXT) FROM segments WHERE call_id = :c)) "
+    "OR (kind IN ('finding', 'finding_confirmed', 'finding_withdrawn') AND ref_id IN "
+    "(SELECT CAST(finding_id AS TEXT) FROM findings WHERE call_id = :c)) "
+    "OR (kind = 'action' AND ref_id IN (SELECT CAST(action_id AS TEXT) FROM actions WHERE call_id = :c))"
+)
+
+
+def _finding_breaks(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """A finding row must still say what its (hashed) audit entry says."""
+    breaks = []
+    rows = db.execute(
+        "SELECT f.finding_id, f.call_id, f.rule_id, f.category, f.matched_text, a.audit_id, a.payload "
+        "FROM findings f LEFT JOIN audit a ON a.kind = 'finding' AND a.ref_id = CAST(f.finding_id AS TEXT)"
+    )
+    for finding_id, call_id, rule_id, category, matched, audit_id, payload in rows:
+        row = {"call_id": call_id, "rule_id": rule_id, "category": category, "matched_text": matched}
+        if payload is None or json.loads(payload) != row:
+            problem = f"finding {finding_id} differs from its audit entry" if payload else "finding has no entry"
+            breaks.append({"audit_id": audit_id, "kind": "finding", "ref_id": str(finding_id), "problem": problem})
+    return breaks
+
+
 def _compact_audit_table(db: sqlite3.Connection) -> None:
     """Older archives declared payload/prev_hash NOT NULL; new entries leave them out. Old entries are
     copied verbatim and still verify."""
@@ -708,8 +933,8 @@ def _compact_audit_table(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE audit RENAME TO audit_legacy")
     _run_script(db, TABLES)
     db.execute(
-        "INSERT INTO audit(audit_id, kind, ref_id, payload, prev_hash, hash, created_at) "
-        "SELECT audit_id, kind, ref_id, payload, prev_hash, hash, created_at FROM audit_legacy"
+        "INSERT INTO audit(audit_id, kind, ref_id, payload, prev_hash, hash, created_at, call_id, actor, v) "
+        "SELECT audit_id, kind, ref_id, payload, prev_hash, hash, created_at, call_id, actor, v FROM audit_legacy"
     )
     db.execute("DROP TABLE audit_legacy")
 
