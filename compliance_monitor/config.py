@@ -22,6 +22,8 @@ from pydantic_settings import (
 
 from compliance_monitor.resources import default_classifier_dir, default_rules_dir
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
 
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
@@ -169,13 +171,23 @@ class BusSettings(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    """Bearer tokens. Empty = auth off, which is only allowed on a loopback host."""
+    """People and machine tokens. Users and API tokens live in the archive (``compliance-monitor users``); these
+    env tokens still work as machine tokens (Authorization header only). None of either = auth off, which is
+    only allowed on a loopback host (checked when the server starts)."""
 
     tokens: dict[str, str] = Field(
         default_factory=dict,
         description="token -> role[:agent_id], role in collector|supervisor|auditor|admin|bridge",
     )
     bridge_token: SecretStr | None = None
+    session_idle_s: float = Field(8 * 3600.0, gt=0, description="a session unused this long ends")
+    session_max_s: float = Field(24 * 3600.0, gt=0, description="a session ends this long after login, used or not")
+    login_attempts: int = Field(5, ge=1, description="failed logins per username or per address per window")
+    login_window_s: float = Field(300.0, gt=0, description="the window login_attempts counts in")
+    pbx_addresses: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="CIDRs the PBX connects from: AudioSocket TCP and /api/audiosocket REST accept only these",
+    )
 
     @field_validator("bridge_token")
     @classmethod
@@ -255,14 +267,9 @@ class Settings(BaseSettings):
                 asr.setdefault("model", flat)
         return data
 
-    @model_validator(mode="after")
-    def _auth_off_only_on_loopback(self) -> Settings:
-        if not self.auth.tokens and self.server.host not in {"127.0.0.1", "localhost", "::1"}:
-            raise ValueError(
-                "auth.tokens is empty but server.host is not loopback: set CM_AUTH__TOKENS "
-                '(e.g. \'{"s3cret": "supervisor"}\') before listening on the network'
-            )
-        return self
+    @property
+    def loopback(self) -> bool:
+        return self.server.host in LOOPBACK
 
     @model_validator(mode="after")
     def _audiosocket_open_only_with_registration(self) -> Settings:

@@ -87,7 +87,7 @@ async def test_watch_call_passes_on_this_calls_findings_until_it_ends() -> None:
     tokens: list[str] = []
 
     async def feed(ws: websockets.ServerConnection) -> None:
-        tokens.append(ws.request.path)
+        tokens.append(f"{ws.request.path} {ws.request.headers.get('authorization')}")
         for e in events:
             await ws.send(json.dumps(e))
         await asyncio.sleep(1)
@@ -98,7 +98,7 @@ async def test_watch_call_passes_on_this_calls_findings_until_it_ends() -> None:
         ended = await watch_call(f"ws://127.0.0.1:{port}/ws/console", "CA1", seen.append, token="sup")
     assert ended is None
     assert [(e["type"], e.get("finding_id")) for e in seen] == [("finding", 7), ("action", None), ("call_ended", None)]
-    assert tokens == ["/ws/console?token=sup"]
+    assert tokens == ["/ws/console Bearer sup"]  # the token in the header, never in the URL
 
 
 async def test_replay_prints_the_findings_from_the_console_feed(

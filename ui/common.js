@@ -8,44 +8,34 @@
 (function (global) {
   "use strict";
 
-  const TOKEN_KEY = "cm_token";
-
-  // ------------------------------------------------------------------ auth token
-
-  function storageGet(key) {
-    try { return global.localStorage.getItem(key); } catch (e) { return null; }
-  }
-  function storageSet(key, value) {
-    try {
-      if (value === null) global.localStorage.removeItem(key);
-      else global.localStorage.setItem(key, value);
-    } catch (e) { /* storage disabled: token just is not remembered */ }
-  }
-
-  /* Token from ?token=... (remembered), else the remembered one, else null.
-   * An explicit empty ?token= forgets a remembered token (switch back to no-auth mode). */
-  function getToken() {
-    const params = new URLSearchParams(global.location.search);
-    if (params.has("token")) {
-      const t = params.get("token").trim();
-      storageSet(TOKEN_KEY, t || null);
-      return t || null;
-    }
-    return storageGet(TOKEN_KEY) || null;
-  }
-  const token = getToken();
+  // ------------------------------------------------------------------ auth (session cookie)
+  // The login page (/login) sets an HttpOnly session cookie; fetch and same-origin websockets send it by
+  // themselves. No token is ever read from or put into a URL (issue 18). `token`, `authHeaders` and
+  // `withToken` stay for the pages that still call them; they add nothing now.
+  const token = null;
 
   function authHeaders(extra) {
-    const headers = Object.assign({}, extra || {});
-    if (token) headers["Authorization"] = "Bearer " + token;
-    return headers;
+    return Object.assign({}, extra || {});
   }
 
-  /* Append ?token= to a same-origin URL (for websockets and plain links such as the
-   * export download, where no Authorization header can be sent). */
   function withToken(url) {
-    if (!token) return url;
-    return url + (url.indexOf("?") >= 0 ? "&" : "?") + "token=" + encodeURIComponent(token);
+    return url;
+  }
+
+  function toLogin() {
+    const next = global.location.pathname + global.location.search;
+    global.location.assign("/login?next=" + encodeURIComponent(next));
+  }
+
+  /* Who is logged in: {user, role, agent_id, via, auth}. Sends the browser to /login when nobody is. */
+  let mePromise = null;
+  function me() {
+    if (!mePromise) mePromise = apiFetch("/api/auth/me");
+    return mePromise;
+  }
+
+  async function logout() {
+    try { await apiFetch("/api/auth/logout", { method: "POST" }); } finally { toLogin(); }
   }
 
   /* fetch + JSON. Throws an Error carrying .status and .body on non-2xx. */
@@ -56,7 +46,9 @@
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(opts.json);
     }
+    init.credentials = "same-origin";
     const resp = await fetch(path, init);
+    if (resp.status === 401 && !opts.noLoginRedirect) toLogin();
     let body = null;
     const text = await resp.text();
     if (text) {
@@ -362,7 +354,7 @@
   }
 
   global.CM = {
-    token, authHeaders, withToken, apiFetch,
+    token, authHeaders, withToken, apiFetch, me, logout, toLogin,
     wsUrl, connectWs, bindStatus, serverNow,
     esc, h, renderMarked, isNearBottom,
     CATEGORY_LABELS, categoryLabel, categoryEl,

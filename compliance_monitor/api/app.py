@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from urllib.parse import quote
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from compliance_monitor.api import bridges, console, pbx, rest
+from compliance_monitor.api import bridges, console, pbx, rest, session
+from compliance_monitor.api.auth import enforce
 from compliance_monitor.archive.sqlite import Archive
 from compliance_monitor.asr.decoder import WhisperDecoder
 from compliance_monitor.asr.scheduler import AsrScheduler
@@ -88,6 +91,13 @@ def create_app(settings: Settings, decoder_factory: DecoderFactory | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await build_services(settings, decoder_factory)
+        if not settings.loopback and not (settings.auth.tokens or await services.archive.auth_configured()):
+            await services.asr.aclose()
+            await services.archive.aclose()
+            raise RuntimeError(
+                f"no users or tokens exist, so auth is off, but server.host is {settings.server.host!r} (not "
+                "loopback): create an admin first (compliance-monitor users add NAME --role admin)"
+            )
         app.state.monitor = Monitor(services)
         app.state.audiosocket_registry = AudioSocketRegistry(
             settings.audiosocket.registry_ttl_s, settings.audiosocket.registry_max
@@ -119,20 +129,41 @@ def create_app(settings: Settings, decoder_factory: DecoderFactory | None = None
     app.include_router(console.router)
     app.include_router(rest.router)
     app.include_router(pbx.router)
+    app.include_router(session.router)
     _mount_ui(app)
     return app
 
 
 def _mount_ui(app: FastAPI) -> None:
     root = ui_dir()
-    pages = {"/": "console.html", "/agent": "agent.html", "/search": "search.html"}
+    pages = {"/": "console.html", "/agent": "agent.html", "/search": "search.html", "/login": "login.html"}
     for route, page in pages.items():
-        app.add_api_route(route, _page(root / page), methods=["GET"], include_in_schema=False)
+        app.add_api_route(
+            route, _page(root / page, route), methods=["GET"], include_in_schema=False, dependencies=[Depends(enforce)]
+        )
+    # Static assets (css, js) hold no data: public, like /login.
     app.mount("/ui", StaticFiles(directory=root), name="ui")
 
 
-def _page(path: object) -> Callable[[], FileResponse]:
-    def serve() -> FileResponse:
+def _page(path: object, route: str) -> Callable[[Request], Response]:
+    def serve(request: Request) -> Response:
+        if route != "/login" and getattr(request.state, "principal", None) is None:
+            return RedirectResponse(f"/login?next={quote(route)}", status_code=303)
         return FileResponse(path, media_type="text/html; charset=utf-8")  # type: ignore[arg-type]
 
     return serve
+
+
+class RedactSecrets(logging.Filter):
+    """Belt and braces for access logs: no credential travels in a URL any more, but a client may still send
+    one; its value never reaches a log line."""
+
+    _pattern = re.compile(r"((?:token|ticket|session|password)=)[^&\s\"]*", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(self._pattern.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+logging.getLogger("uvicorn.access").addFilter(RedactSecrets())

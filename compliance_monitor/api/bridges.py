@@ -14,7 +14,7 @@ import logging
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from compliance_monitor.api.auth import bridge_allowed
+from compliance_monitor.api.auth import authorize_ws, bridge_allowed
 from compliance_monitor.api.deps import get_monitor
 from compliance_monitor.ingest.base import CloseCode, ProtocolError, StreamLimits
 from compliance_monitor.ingest.connection import Message, Parser, serve_connection
@@ -149,7 +149,11 @@ async def pcm_bridge(ws: WebSocket) -> None:
 
 
 async def serve_bridge(ws: WebSocket, parser: Parser, bridge: WebSocketBridge | None = None) -> None:
-    if not bridge_allowed(ws, get_monitor(ws).services.settings):
+    principal = await authorize_ws(ws, ws.scope["route"].path if "route" in ws.scope else ws.url.path)
+    # A configured bridge token is required even while auth is otherwise off (as before issue 18).
+    if principal is not None and principal.via == "auth-off" and get_monitor(ws).services.settings.auth.bridge_token:
+        principal = None
+    if not bridge_allowed(principal):
         await _refuse(ws, parser.bridge, "unauthorized", "bridge token required")
         return
     await _accept_and_serve(ws, parser, bridge or WebSocketBridge(ws, parser.bridge))

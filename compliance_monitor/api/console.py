@@ -7,7 +7,7 @@ import contextlib
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from compliance_monitor.api.auth import principal_for
+from compliance_monitor.api.auth import accept_protocol, authorize_ws
 from compliance_monitor.api.deps import get_monitor
 from compliance_monitor.bus.memory import EventFilter
 from compliance_monitor.ingest.base import CloseCode
@@ -17,16 +17,15 @@ router = APIRouter()
 
 @router.websocket("/ws/console")
 async def console_feed(ws: WebSocket) -> None:
-    principal = principal_for(ws, get_monitor(ws).services.settings)
-    if principal is None or not principal.can("supervisor", "auditor"):
-        await ws.close(CloseCode.POLICY_VIOLATION, "supervisor token required")
+    if await authorize_ws(ws, "/ws/console") is None:
+        await ws.close(CloseCode.POLICY_VIOLATION, "supervisor or auditor login required")
         return
     await _stream(ws, lambda event: True)
 
 
 @router.websocket("/ws/agents/{agent_id}")
 async def agent_feed(ws: WebSocket, agent_id: str) -> None:
-    principal = principal_for(ws, get_monitor(ws).services.settings)
+    principal = await authorize_ws(ws, "/ws/agents/{agent_id}")
     own = principal is not None and principal.role == "collector" and principal.agent_id == agent_id
     if principal is None or not (own or principal.can("supervisor")):
         await ws.close(CloseCode.POLICY_VIOLATION, "a collector may only follow their own calls")
@@ -37,7 +36,7 @@ async def agent_feed(ws: WebSocket, agent_id: str) -> None:
 async def _stream(ws: WebSocket, accept: EventFilter) -> None:
     """One task sends bus events, one reads the socket (to notice the close); either ends both."""
     bus = get_monitor(ws).services.bus
-    await ws.accept()
+    await ws.accept(subprotocol=accept_protocol(ws))
     subscription = bus.subscribe(accept)
 
     async def send() -> None:

@@ -10,16 +10,15 @@ import json
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from compliance_monitor.api.auth import require
-from compliance_monitor.api.deps import get_monitor
+from compliance_monitor.api.auth import enforce, pbx_address_allowed
 from compliance_monitor.ingest.audiosocket import AudioSocketRegistry, CallInfo, normalise_uuid
 from compliance_monitor.ingest.base import ProtocolError, check_agent_id, check_call_id
 from compliance_monitor.messages import Speaker
 
-router = APIRouter(prefix="/api/audiosocket")
+router = APIRouter(prefix="/api/audiosocket", dependencies=[Depends(enforce)])
 
 Short = Annotated[str, Field(max_length=64)]
 
@@ -84,7 +83,7 @@ async def _body(request: Request) -> dict[str, Any]:
 
 @router.post("/calls/{key}", status_code=status.HTTP_201_CREATED)
 async def register_call(key: str, request: Request) -> dict[str, Any]:
-    require(request, get_monitor(request).services.settings, "bridge", "supervisor")
+    pbx_address_allowed(request)
     try:
         registration = Registration.model_validate(await _body(request))
     except ValidationError as exc:
@@ -97,7 +96,7 @@ async def register_call(key: str, request: Request) -> dict[str, Any]:
 
 @router.delete("/calls/{key}")
 async def forget_call(key: str, request: Request) -> dict[str, Any]:
-    require(request, get_monitor(request).services.settings, "bridge", "supervisor")
+    pbx_address_allowed(request)
     uuid = _uuid(key)
     if not _registry(request).forget(uuid):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no registration for {uuid}")

@@ -6,31 +6,25 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field, TypeAdapter
 
-from compliance_monitor.api.auth import Principal, require
+from compliance_monitor.api.auth import Principal, current, enforce
 from compliance_monitor.api.deps import get_monitor
 from compliance_monitor.detect.rulepack import RulePackError
 from compliance_monitor.messages import Event, Outcome, Severity
 from compliance_monitor.monitor import Monitor
 
-router = APIRouter(prefix="/api")
+# Every route's roles are declared once, in auth.ROUTE_ROLES; ``enforce`` checks them for each request.
+router = APIRouter(prefix="/api", dependencies=[Depends(enforce)])
 
 MonitorDep = Annotated[Monitor, Depends(get_monitor)]
 
 
-def _role(*roles: str) -> Any:
-    def dependency(request: Request) -> Principal:
-        return require(request, get_monitor(request).services.settings, *roles)
-
-    return Depends(dependency)
-
-
-Supervisor = Annotated[Principal, _role("supervisor")]
-Auditor = Annotated[Principal, _role("supervisor", "auditor")]
-Admin = Annotated[Principal, _role("admin")]
+# The caller ``enforce`` admitted (roles: auth.ROUTE_ROLES). The three names say what each route needs.
+Who = Annotated[Principal, Depends(current)]
+Supervisor = Auditor = Admin = Who
 
 
 class HaltRequest(BaseModel):
@@ -123,8 +117,7 @@ async def halt_call(call_id: str, body: HaltRequest, monitor: MonitorDep, who: S
     """Ends the phone call through its bridge; ``outcome`` says whether it did (done / failed / not_supported)."""
     if call_id not in monitor.calls:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} is not live")
-    actor = f"{who.role}:{who.agent_id}" if who.agent_id else who.role
-    outcome = await monitor.halt(call_id, body.reason, actor)
+    outcome = await monitor.halt(call_id, body.reason, who.actor)  # the action row and its audit entry name them
     if outcome is None:
         return {"call_id": call_id, "status": "already_halting"}
     return {"call_id": call_id, "status": "halted" if outcome is Outcome.DONE else "not_halted", "outcome": outcome}
@@ -142,8 +135,9 @@ async def export_call(call_id: str, monitor: MonitorDep, who: Auditor) -> JSONRe
         "audit": await archive.audit_entries(call_id),
         "audit_chain": {"intact": intact, "entries_checked": checked},
         "exported_at": time.time(),
-        "exported_by": who.role,
+        "exported_by": who.actor,
     }
+    await archive.record_audit("export", who.actor, {"role": who.role}, call_id=call_id)
     return JSONResponse(bundle, headers={"Content-Disposition": f'attachment; filename="call-{call_id}.json"'})
 
 
@@ -169,7 +163,7 @@ def _epoch(value: str | None, *, end_of_day: bool) -> float | None:
 @router.get("/search")
 async def search(
     monitor: MonitorDep,
-    _: Auditor,
+    who: Auditor,
     q: Annotated[str | None, Query(max_length=200)] = None,
     speaker: Literal["agent", "customer"] | None = None,
     category: Annotated[str | None, Query(max_length=100)] = None,
@@ -202,6 +196,9 @@ async def search(
         )
     except ValueError as exc:  # a cursor this archive never issued
         raise HTTPException(422, str(exc)) from exc
+    asked = {"q": q, "speaker": speaker, "category": category, "severity": severity, "agent": agent}
+    asked |= {"action": action, "from": from_, "to": to, "cursor": cursor}
+    await monitor.services.archive.record_audit("search", who.actor, {k: v for k, v in asked.items() if v is not None})
     return {"query": q, "results": page.results, "next_cursor": page.next_cursor}
 
 
@@ -228,12 +225,16 @@ async def list_rules(monitor: MonitorDep, _: Auditor) -> dict[str, Any]:
 
 
 @router.post("/rules/reload")
-async def reload_rules(monitor: MonitorDep, _: Admin) -> dict[str, Any]:
+async def reload_rules(monitor: MonitorDep, who: Admin) -> dict[str, Any]:
+    archive = monitor.services.archive
     try:
         engine = monitor.services.rules.reload()
     except RulePackError as exc:
+        await archive.record_audit("rules_reload", who.actor, {"ok": False, "errors": len(exc.errors)})
         raise HTTPException(
             422,
             {"message": "rule pack rejected; the running rules stay in force", "errors": exc.errors},
         ) from exc
-    return {"generation": monitor.services.rules.generation, "rules": engine.rule_count}
+    generation = monitor.services.rules.generation
+    await archive.record_audit("rules_reload", who.actor, {"ok": True, "generation": generation})
+    return {"generation": generation, "rules": engine.rule_count}

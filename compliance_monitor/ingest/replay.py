@@ -89,10 +89,8 @@ async def replay_audio(
     if tail_silence_s > 0:
         audio = np.concatenate([audio, np.zeros((int(tail_silence_s * rate), audio.shape[1]), np.float32)])
     call_id = call_id or f"CA{uuid.uuid4().hex}"
-    if token:
-        url += ("&" if "?" in url else "?") + f"token={token}"
     result = ReplayResult(call_id)
-    async with websockets.connect(url, max_size=2**20) as ws:
+    async with websockets.connect(url, max_size=2**20, additional_headers=_bearer(token)) as ws:
         listener = asyncio.create_task(_listen(ws, result))
         try:
             if bridge == "twilio":
@@ -220,6 +218,11 @@ def console_url(bridge_url: str) -> str:
 WATCHED = ("finding", "finding_withdrawn", "action", "call_ended")
 
 
+def _bearer(token: str | None) -> dict[str, str]:
+    """Credentials go in the Authorization header, never in the URL (where access logs keep them)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 async def watch_call(
     url: str,
     call_id: str,
@@ -231,9 +234,7 @@ async def watch_call(
     """Pass each finding, withdrawal and action of ``call_id`` on the console feed at ``url`` to ``on_event``;
     return after the call's ``call_ended`` (None), or the close code when the feed closes first (e.g. 1008: a
     supervisor token is required). ``connected`` is set once subscribed. Cancel it to stop watching earlier."""
-    if token:
-        url += ("&" if "?" in url else "?") + f"token={token}"
-    async with websockets.connect(url, max_size=2**22) as ws:
+    async with websockets.connect(url, max_size=2**22, additional_headers=_bearer(token)) as ws:
         if connected is not None:
             connected.set()
         try:

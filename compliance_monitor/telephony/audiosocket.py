@@ -14,6 +14,7 @@ import logging
 
 import numpy as np
 
+from compliance_monitor.api.auth import address_allowed
 from compliance_monitor.config import Settings
 from compliance_monitor.ingest.audiosocket import (
     HEADER_BYTES,
@@ -169,8 +170,16 @@ class AudioSocketServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
         s = self.settings
+        peer = writer.get_extra_info("peername")
+        if not address_allowed(peer[0] if peer else None, s.auth.pbx_addresses):
+            # AudioSocket carries no credentials: only the PBX's own addresses may stream (issue 18).
+            log.warning("AudioSocket: refused a connection from %s (not in auth.pbx_addresses)", peer)
+            self.monitor.bridge_stats.connections += 1
+            self.monitor.bridge_stats.rejected["not_pbx_address"] += 1
+            writer.close()
+            return
+        self._connections.add(task)
         parser = AudioSocketParser(
             self.registry,
             Speaker(s.audiosocket.default_speaker),
