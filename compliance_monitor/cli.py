@@ -565,6 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--once", action="store_true", help="play the call once, then exit")
     demo.add_argument("--linger", type=float, default=3.0, help="with --once: seconds to keep serving after")
     demo.set_defaults(func=cmd_demo)
+
+    from compliance_monitor.people import add_parsers
+
+    add_parsers(sub, _settings)
     return parser
 
 
