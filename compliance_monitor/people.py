@@ -67,9 +67,7 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
 
     check_user(args.role, args.agent_id)
     password_hash = HASHER.hash(_read_password(args.password_stdin))
-    _with_archive(
-        settings, lambda a: a.add_user(args.name, args.role, args.agent_id, password_hash, cli_actor())
-    )
+    _with_archive(settings, lambda a: a.add_user(args.name, args.role, args.agent_id, password_hash, cli_actor()))
     print(f"user {args.name} added ({args.role}{' ' + args.agent_id if args.agent_id else ''})")
     return 0
 
@@ -155,14 +153,14 @@ def add_parsers(sub: Any, settings_of: Callable[[argparse.Namespace], Settings])
 
     users = sub.add_parser("users", help="people and machine tokens").add_subparsers(dest="users_cmd", required=True)
     add = users.add_parser("add", help="add a user (asks for the password twice)")
-    add.add_argument("name")
+    add.add_argument("name", help="the login name (audit entries name the person by it)")
     add.add_argument("--role", required=True, help=f"one of {', '.join(USER_ROLES)}")
     add.add_argument("--agent-id", help="collectors: the agent id their calls carry (required)")
     add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     add.set_defaults(func=bind(cmd_users_add))
     users.add_parser("list", help="users and tokens").set_defaults(func=bind(cmd_users_list))
     dis = users.add_parser("disable", help="disable a user and end their sessions")
-    dis.add_argument("name")
+    dis.add_argument("name", help="the user to disable")
     dis.set_defaults(func=bind(cmd_users_disable))
     tok = users.add_parser("token", help="create an API token for a machine (printed once)")
     tok.add_argument("name", help="the token's label (audit entries name it token:<label>)")

@@ -17,12 +17,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from starlette.websockets import WebSocket
 
 from compliance_monitor.api.app import build_services
-from compliance_monitor.api.auth import bridge_allowed
 from compliance_monitor.audio.g711 import ulaw_encode
-from compliance_monitor.config import Settings
 from compliance_monitor.ingest.base import ProtocolError
 from compliance_monitor.ingest.connection import Parser, serve_connection
 from compliance_monitor.ingest.pcm import PcmStreamParser
@@ -303,33 +300,7 @@ async def test_call_start_findings_wait_for_speech(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- auth
 
 
-def ws_with(settings: Settings, headers: dict[str, str] | None = None, query: str = "") -> WebSocket:
-    scope = {
-        "type": "websocket",
-        "path": "/bridge/pcm",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
-        "query_string": query.encode(),
-    }
-    return WebSocket(scope, receive=None, send=None)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("auth", "headers", "query", "allowed"),
-    [
-        ({}, None, "", True),  # auth off (loopback only)
-        ({"tokens": {"sup-1": "supervisor", "br-1": "bridge"}}, None, "", False),
-        ({"tokens": {"sup-1": "supervisor", "br-1": "bridge"}}, {"Authorization": "Bearer sup-1"}, "", False),
-        ({"tokens": {"sup-1": "supervisor", "br-1": "bridge"}}, {"Authorization": "Bearer br-1"}, "", True),
-        ({"tokens": {"sup-1": "supervisor"}, "bridge_token": "b-secret"}, None, "token=", False),
-        ({"tokens": {"sup-1": "supervisor"}, "bridge_token": "b-secret"}, None, "token=wrong", False),
-        ({"tokens": {"sup-1": "supervisor"}, "bridge_token": "b-secret"}, None, "token=b-secret", True),
-    ],
-)
-def test_unauthenticated_bridges_cannot_create_calls_once_auth_is_on(
-    tmp_path: Path, auth: dict[str, Any], headers: dict[str, str] | None, query: str, allowed: bool
-) -> None:
-    settings = make_settings(tmp_path, auth=auth)
-    assert bridge_allowed(ws_with(settings, headers, query), settings) is allowed
+# Bridge authentication over real HTTP, with users and tokens in the archive: tests/test_people.py.
 
 
 @pytest.mark.parametrize("token", ["", "changeme", "  "])
