@@ -663,7 +663,8 @@ class Archive:
 
         def read(db: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = db.execute(
-                f"{audit.ENTRY_ROWS} WHERE (a.kind IN ('call_started', 'call_ended') AND a.ref_id = :c) "
+                f"{audit.ENTRY_ROWS} WHERE a.call_id = :c "
+                "OR (a.kind IN ('call_started', 'call_ended') AND a.ref_id = :c) "
                 "OR (a.kind = 'segment' AND a.ref_id IN (SELECT CAST(segment_id AS TEXT) FROM segments "
                 "WHERE call_id = :c)) "
                 "OR (a.kind IN ('finding', 'finding_confirmed', 'finding_withdrawn') AND a.ref_id IN "
