@@ -117,6 +117,20 @@ def make_settings(tmp: Path, **overrides: object) -> Settings:
     return Settings(**base)  # type: ignore[arg-type]
 
 
+async def seed_people(path: Path, users: dict[str, tuple[str, str | None]], password: str, bridge_token: str) -> None:
+    """Users (name -> role, agent id) and a bridge API token in the archive at ``path``: auth is then on."""
+    from compliance_monitor.api.auth import hash_secret
+    from compliance_monitor.api.session import HASHER
+    from compliance_monitor.archive.sqlite import Archive
+
+    archive = Archive(path, lambda text: [])
+    await archive.open()
+    for name, (role, agent) in users.items():
+        await archive.add_user(name, role, agent, HASHER.hash(password), "test")
+    await archive.add_token("bridge", "bridge", None, hash_secret(bridge_token), "test")
+    await archive.aclose()
+
+
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     with LiveServer(make_settings(tmp_path_factory.mktemp("server"))) as server:

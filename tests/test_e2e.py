@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,7 @@ from compliance_monitor.asr.scoring import cer
 from compliance_monitor.audio.resample import float_to_pcm16
 from compliance_monitor.audio.wavfile import write_wav
 from compliance_monitor.ingest.replay import replay
-from tests.conftest import AISHELL, AUDIO, LiveServer, load_audio
+from tests.conftest import AISHELL, AUDIO, LiveServer, load_audio, make_settings, seed_people
 from tests.wsclient import record_feed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -191,14 +192,34 @@ async def test_after_bad_calls_a_good_call_still_works(live_server: LiveServer) 
     assert finals(events)
 
 
+PEOPLE = {"li": ("collector", "A-mine"), "wang": ("collector", "A-other"), "zhao": ("supervisor", None)}
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, dict[str, dict[str, str]]]]:
+    """A monitor with auth on: real users in its archive, each logged in over HTTP (bearer session tokens)."""
+    settings = make_settings(tmp_path_factory.mktemp("auth-server"))
+    asyncio.run(seed_people(settings.archive.path, PEOPLE, "pass-word-1", "bridge-token-1"))
+    with LiveServer(settings) as server:
+        headers = {"bridge": {"Authorization": "Bearer bridge-token-1"}}
+        for name in PEOPLE:
+            r = httpx.post(f"{server.http}/api/auth/login", json={"username": name, "password": "pass-word-1"})
+            headers[name] = {"Authorization": f"Bearer {r.json()['token']}"}
+        yield server, headers
+
+
 async def test_collector_feed_only_carries_own_calls_and_supervisor_can_halt(
-    live_server: LiveServer, tmp_path: Path
+    auth_server: tuple[LiveServer, dict[str, dict[str, str]]], tmp_path: Path
 ) -> None:
+    live_server, who = auth_server
     long_call = write_wav(tmp_path / "long.wav", np.concatenate([load_audio("BAC009S0764W0121.wav")] * 4))
+    with pytest.raises((websockets.InvalidStatus, websockets.ConnectionClosed)):  # only their own feed
+        async with record_feed(f"{live_server.ws}/ws/agents/A-mine", who["wang"]) as stolen:
+            await stolen._ws.recv()  # type: ignore[union-attr]
     async with (
-        record_feed(f"{live_server.ws}/ws/agents/A-mine") as mine,
-        record_feed(f"{live_server.ws}/ws/agents/A-other") as other,
-        record_feed(f"{live_server.ws}/ws/console") as console,
+        record_feed(f"{live_server.ws}/ws/agents/A-mine", who["li"]) as mine,
+        record_feed(f"{live_server.ws}/ws/agents/A-other", who["wang"]) as other,
+        record_feed(f"{live_server.ws}/ws/console", who["zhao"]) as console,
     ):
         replaying = asyncio.create_task(
             replay(
@@ -208,11 +229,14 @@ async def test_collector_feed_only_carries_own_calls_and_supervisor_can_halt(
                 speed=1.0,
                 call_id="pcm-halt",
                 agent_id="A-mine",
+                token="bridge-token-1",
             )
         )
         await mine.wait_for(lambda ev: any(e["type"] == "finding" for e in ev), within_s=60)
         async with httpx.AsyncClient(base_url=live_server.http) as http:
-            response = await http.post("/api/calls/pcm-halt/halt", json={"reason": "test halt"})
+            refused = await http.post("/api/calls/pcm-halt/halt", json={"reason": "x"}, headers=who["li"])
+            assert refused.status_code == 403  # a collector cannot halt
+            response = await http.post("/api/calls/pcm-halt/halt", json={"reason": "test halt"}, headers=who["zhao"])
             assert response.status_code == 202, response.text
         result = await asyncio.wait_for(replaying, 30)
         await console.wait_call_ended("pcm-halt")
@@ -222,7 +246,7 @@ async def test_collector_feed_only_carries_own_calls_and_supervisor_can_halt(
     assert mine.for_call("pcm-halt", "finding")
     assert other.events == []
     halts = [e for e in console.for_call("pcm-halt", "action") if e["action"] == "halt_call"]
-    assert any("test halt" in e["reason"] for e in halts)
+    assert any("test halt" in e["reason"] and "zhao" in e["reason"] for e in halts)  # signed by the person
     assert console.for_call("pcm-halt", "call_ended")[0]["reason"] == "halted"
 
 

@@ -46,9 +46,9 @@ class FeedRecorder:
 
 
 @contextlib.asynccontextmanager
-async def record_feed(url: str) -> AsyncIterator[FeedRecorder]:
+async def record_feed(url: str, headers: dict[str, str] | None = None) -> AsyncIterator[FeedRecorder]:
     recorder = FeedRecorder(url)
-    async with websockets.connect(url) as ws:
+    async with websockets.connect(url, additional_headers=headers or {}) as ws:
         recorder._ws = ws
         recorder._task = asyncio.create_task(recorder._read())
         try:
