@@ -192,7 +192,7 @@ class AuthSettings(BaseModel):
     @field_validator("bridge_token")
     @classmethod
     def _check_bridge_token(cls, token: SecretStr | None) -> SecretStr | None:
-        # An empty bridge token would let '?token=' through: every bridge could create calls.
+        # An empty bridge token would let an empty bearer header through: every bridge could create calls.
         if token is not None and token.get_secret_value().strip() in {"", "changeme"}:
             raise ValueError("auth.bridge_token left as 'changeme' or empty")
         return token

@@ -39,6 +39,10 @@ Grant = tuple[str, ...] | str
 # on a route missing here. A collector's feed is further limited to their own agent id (console.agent_feed).
 _READERS = ("supervisor", "auditor")
 ROUTE_ROLES: dict[tuple[str, str], Grant] = {
+    ("GET", "/openapi.json"): PUBLIC,  # FastAPI's schema pages: the API's shape, no data
+    ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    ("GET", "/redoc"): PUBLIC,
     ("GET", "/api/health"): PUBLIC,
     ("GET", "/api/events/schema"): PUBLIC,
     ("GET", "/api/stats"): _READERS,
