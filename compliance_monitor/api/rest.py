@@ -24,7 +24,9 @@ MonitorDep = Annotated[Monitor, Depends(get_monitor)]
 
 # The caller ``enforce`` admitted (roles: auth.ROUTE_ROLES). The three names say what each route needs.
 Who = Annotated[Principal, Depends(current)]
-Supervisor = Auditor = Admin = Who
+Supervisor = Who
+Auditor = Who
+Admin = Who
 
 
 class HaltRequest(BaseModel):
