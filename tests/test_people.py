@@ -405,3 +405,22 @@ def test_a_consistently_rewritten_chain_is_caught_by_the_anchor(chained: tuple[P
     capsys.readouterr()
     assert _cli(path, "audit", "verify", "--anchor", str(anchor)) == 1
     assert "chain rewritten" in capsys.readouterr().err
+
+
+def test_https_logins_get_a_secure_cookie(app_client: tuple[TestClient, dict[str, str]]) -> None:
+    client, _ = app_client
+    secure = TestClient(client.app, base_url="https://testserver", client=LOCAL)  # shares the running app
+    r = secure.post("/api/auth/login", json={"username": "aud", "password": PASSWORD})
+    assert r.status_code == 200 and "Secure" in r.headers["set-cookie"]
+
+
+def test_access_log_lines_never_carry_a_secret() -> None:
+    import logging
+
+    from compliance_monitor.api.app import RedactSecrets
+
+    args = ("1.2.3.4:5", "GET", "/ws/console?token=s3cret&x=1&ticket=t1", "1.1", 200)
+    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d', args, None)
+    assert RedactSecrets().filter(record)
+    line = record.getMessage()
+    assert "s3cret" not in line and "t1" not in line and "token=***&x=1" in line
