@@ -227,6 +227,16 @@ class AudioSocketSettings(BaseModel):
     require_registration: bool = Field(False, description="refuse sockets whose UUID was not registered first")
 
 
+class EslSettings(BaseModel):
+    """FreeSWITCH event socket (inbound): how /bridge/freeswitch halts (uuid_kill) and whispers (uuid_broadcast)."""
+
+    host: str | None = Field(None, description="unset: halts and warns on FreeSWITCH calls fail (no ESL)")
+    port: int = Field(8021, ge=1, le=65535)
+    password: SecretStr = SecretStr("ClueCon")
+    timeout_s: float = Field(5.0, gt=0, description="one ESL command, connect to reply")
+    warn_sound: str = Field("tone_stream://%(300,200,1000)", description="what uuid_broadcast plays to the agent")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CM_", env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -244,6 +254,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     twilio: TwilioSettings = Field(default_factory=TwilioSettings)
     audiosocket: AudioSocketSettings = Field(default_factory=AudioSocketSettings)
+    esl: EslSettings = Field(default_factory=EslSettings)
 
     @model_validator(mode="before")
     @classmethod
