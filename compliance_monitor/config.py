@@ -151,6 +151,10 @@ class PolicySettings(BaseModel):
         description="with each on-screen collector warning, ask the bridge to play a prompt only the collector hears",
     )
     control_timeout_s: float = Field(10.0, gt=0, description="longest wait for a bridge to hang up or play a prompt")
+    halt_attempts: int = Field(3, ge=1, le=10, description="tries of an automatic halt whose hangup failed")
+    halt_retry_backoff_s: float = Field(
+        1.0, ge=0, description="wait before the 2nd try of a failed automatic halt, doubled before each next one"
+    )
     check_partials_from: Literal["info", "warn", "high", "critical", "never"] = Field(
         "high", description="check partial transcripts against rules of this severity and above (faster alerts)"
     )
