@@ -231,6 +231,19 @@ class AudioSocketSettings(BaseModel):
     require_registration: bool = Field(False, description="refuse sockets whose UUID was not registered first")
 
 
+class AriSettings(BaseModel):
+    """Asterisk ARI: off unless ``url`` is set (e.g. http://127.0.0.1:8088/ari)."""
+
+    url: str | None = None
+    user: str = "cm"
+    password: SecretStr = SecretStr("")
+    app: str = Field("compliance-monitor", description="the Stasis application snoops and externalMedia join")
+    timeout_s: float = Field(5.0, gt=0)
+    audiosocket_host: str = Field("127.0.0.1:9092", description="where Asterisk reaches our AudioSocket server")
+    warn_media: str = Field("tone:!1000/300,!0/200", description="what the whisper snoop plays to the agent")
+    warn_s: float = Field(1.5, gt=0, description="how long the whisper snoop lives (a tone repeats until then)")
+
+
 class EslSettings(BaseModel):
     """FreeSWITCH event socket (inbound): how /bridge/freeswitch halts (uuid_kill) and whispers (uuid_broadcast)."""
 
@@ -259,6 +272,7 @@ class Settings(BaseSettings):
     twilio: TwilioSettings = Field(default_factory=TwilioSettings)
     audiosocket: AudioSocketSettings = Field(default_factory=AudioSocketSettings)
     esl: EslSettings = Field(default_factory=EslSettings)
+    ari: AriSettings = Field(default_factory=AriSettings)
 
     @model_validator(mode="before")
     @classmethod
