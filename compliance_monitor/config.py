@@ -240,7 +240,9 @@ class AriSettings(BaseModel):
     app: str = Field("compliance-monitor", description="the Stasis application snoops and externalMedia join")
     timeout_s: float = Field(5.0, gt=0)
     audiosocket_host: str = Field("127.0.0.1:9092", description="where Asterisk reaches our AudioSocket server")
-    warn_media: str = Field("tone:!1000/300,!0/200", description="what the whisper snoop plays to the agent")
+    warn_media: str = Field(
+        "tone:1000/300,0/200", description="what the whisper snoop plays to the agent (repeats until removed)"
+    )
     warn_s: float = Field(1.5, gt=0, description="how long the whisper snoop lives (a tone repeats until then)")
 
 

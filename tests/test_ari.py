@@ -85,7 +85,7 @@ async def test_warn_whispers_to_the_agent_leg_only_and_removes_the_snoop() -> No
     assert result.outcome is Outcome.DONE, result
     (m1, p1, q1), (m2, p2, q2), (m3, p3, _) = fake.requests
     assert (m1, p1, q1["whisper"], q1["spy"]) == ("POST", "/channels/chan-agent/snoop", "out", "none")
-    assert (m2, p2, q2["media"]) == ("POST", "/channels/obj-1/play", "tone:!1000/300,!0/200")
+    assert (m2, p2, q2["media"]) == ("POST", "/channels/obj-1/play", "tone:1000/300,0/200")
     assert (m3, p3) == ("DELETE", "/channels/obj-1")
     assert not any("chan-cust" in p for _, p, _ in fake.requests)
     json.dumps(fake.requests)  # plain data
