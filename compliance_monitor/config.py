@@ -153,6 +153,10 @@ class PolicySettings(BaseModel):
         description="with each on-screen collector warning, ask the bridge to play a prompt only the collector hears",
     )
     control_timeout_s: float = Field(10.0, gt=0, description="longest wait for a bridge to hang up or play a prompt")
+    halt_attempts: int = Field(3, ge=1, le=10, description="tries of an automatic halt whose hangup failed")
+    halt_retry_backoff_s: float = Field(
+        1.0, ge=0, description="wait before the 2nd try of a failed automatic halt, doubled before each next one"
+    )
     check_partials_from: Literal["info", "warn", "high", "critical", "never"] = Field(
         "high", description="check partial transcripts against rules of this severity and above (faster alerts)"
     )
@@ -239,6 +243,31 @@ class AudioSocketSettings(BaseModel):
     require_registration: bool = Field(False, description="refuse sockets whose UUID was not registered first")
 
 
+class AriSettings(BaseModel):
+    """Asterisk ARI: off unless ``url`` is set (e.g. http://127.0.0.1:8088/ari)."""
+
+    url: str | None = None
+    user: str = "cm"
+    password: SecretStr = SecretStr("")
+    app: str = Field("compliance-monitor", description="the Stasis application snoops and externalMedia join")
+    timeout_s: float = Field(5.0, gt=0)
+    audiosocket_host: str = Field("127.0.0.1:9092", description="where Asterisk reaches our AudioSocket server")
+    warn_media: str = Field(
+        "tone:1000/300,0/200", description="what the whisper snoop plays to the agent (repeats until removed)"
+    )
+    warn_s: float = Field(1.5, gt=0, description="how long the whisper snoop lives (a tone repeats until then)")
+
+
+class EslSettings(BaseModel):
+    """FreeSWITCH event socket (inbound): how /bridge/freeswitch halts (uuid_kill) and whispers (uuid_broadcast)."""
+
+    host: str | None = Field(None, description="unset: halts and warns on FreeSWITCH calls fail (no ESL)")
+    port: int = Field(8021, ge=1, le=65535)
+    password: SecretStr = SecretStr("ClueCon")
+    timeout_s: float = Field(5.0, gt=0, description="one ESL command, connect to reply")
+    warn_sound: str = Field("tone_stream://%(300,200,1000)", description="what uuid_broadcast plays to the agent")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CM_", env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -256,6 +285,8 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     twilio: TwilioSettings = Field(default_factory=TwilioSettings)
     audiosocket: AudioSocketSettings = Field(default_factory=AudioSocketSettings)
+    esl: EslSettings = Field(default_factory=EslSettings)
+    ari: AriSettings = Field(default_factory=AriSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -416,7 +416,7 @@ class CallSession:
             return
         # The bridge may take seconds (a REST call to the carrier, a paced prompt): analysis does not wait for it.
         if action.kind is ActionKind.HALT_CALL:
-            self._spawn(self._hangup(action_id, action.reason))
+            self._spawn(self._auto_hangup(action_id, action, finding_id))
         else:
             prompt = action.finding.collector_explanation or action.reason
             self._spawn(self._warn(action_id, prompt))
@@ -457,6 +457,41 @@ class CallSession:
             self.halting = False  # the call goes on: it stays monitored, and a supervisor may try again
         await self._record_outcome(action_id, ActionKind.HALT_CALL, result)
         return result.outcome
+
+    async def _auto_hangup(self, action_id: int, action: Action, finding_id: int) -> None:
+        """The policy's own halt: a failed hangup is retried with backoff (``policy.halt_attempts``); if every
+        try failed the supervisor is alerted that the call goes on unhalted. Not retried: a bridge that cannot
+        halt at all (not_supported), a call already ended, or one a supervisor is halting meanwhile."""
+        policy = self.services.settings.policy
+        outcome = await self._hangup(action_id, action.reason)
+        tries = 1
+        while outcome is Outcome.FAILED and tries < policy.halt_attempts and not self.input_ended:
+            await asyncio.sleep(policy.halt_retry_backoff_s * 2 ** (tries - 1))
+            if self.halting or self.input_ended:
+                return
+            self.halting = True
+            tries += 1
+            log.warning("call %s: automatic halt failed, try %d of %d", self.call_id, tries, policy.halt_attempts)
+            outcome = await self._hangup(action_id, f"{action.reason} (try {tries})")
+        if outcome is Outcome.DONE or self.input_ended:
+            return
+        reason = f"automatic halt failed after {tries} tries: the call continues unhalted; 自动挂断失败，通话仍在进行"
+        alert_id = await self.services.archive.add_manual_action(
+            self.call_id, ActionKind.ALERT_SUPERVISOR.value, reason, finding_id, "policy"
+        )
+        await self._publish(
+            ActionEvent(
+                call_id=self.call_id,
+                agent_id=self.agent_id,
+                action_id=alert_id,
+                action=ActionKind.ALERT_SUPERVISOR,
+                finding_id=finding_id,
+                category=action.finding.category,
+                severity=action.finding.severity,
+                reason=reason,
+                outcome=outcome,
+            )
+        )
 
     async def _warn(self, action_id: int, prompt: str) -> None:
         result = await self._ask(self.control.warn_agent, prompt)
@@ -501,7 +536,9 @@ class CallSession:
     async def settle_controls(self) -> None:
         """Wait for hangups and prompts in flight, so their outcomes are archived before the call's end."""
         if self._control_tasks:
-            timeout = self.services.settings.policy.control_timeout_s + 5
+            policy = self.services.settings.policy
+            retries = policy.halt_retry_backoff_s * (2 ** (policy.halt_attempts - 1) - 1)
+            timeout = policy.control_timeout_s * policy.halt_attempts + retries + 5
             await asyncio.wait(set(self._control_tasks), timeout=timeout)
 
     async def lose(self, end_reason: str, why: str) -> None:

@@ -416,3 +416,64 @@ async def _until_quiet(ws: websockets.ClientConnection, quiet_s: float = 3.0) ->
         while True:
             received.append(str(await asyncio.wait_for(ws.recv(), quiet_s)))
     return received
+
+
+# --------------------------------------------------------------------------- a failed automatic halt
+
+
+class FlakyBridge(ScriptedBridge):
+    """Fails the first ``failures`` hangups, then ends the call."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def hangup(self, reason: str) -> ControlResult:
+        self.hangups.append(reason)
+        if len(self.hangups) <= self.failures:
+            return ControlResult(Outcome.FAILED, "carrier answered 503")
+        return ControlResult(Outcome.DONE, "ended")
+
+
+async def test_a_failed_automatic_halt_is_retried_with_backoff_until_it_ends_the_call(
+    tmp_path: Path, closing: list[CallSession]
+) -> None:
+    bridge = FlakyBridge(failures=2)
+    session = await make_session(tmp_path, bridge, auto_halt=True, halt_attempts=3, halt_retry_backoff_s=0.05)
+    closing.append(session)
+    began = time.monotonic()
+    await session.analyse(threat())
+    await session.settle_controls()
+    assert len(bridge.hangups) == 3 and time.monotonic() - began >= 0.05 + 0.1  # backoff 0.05 s, then 0.1 s
+    assert session.input_ended and session.end_reason == "halted"
+    halt = next(a for a in await actions(session) if a["action"] == "halt_call")
+    assert halt["outcome"] == "done"
+    assert not [a for a in await actions(session) if "automatic halt failed" in (a["reason"] or "")]
+
+
+async def test_when_every_try_fails_the_supervisor_is_told_the_call_continues_unhalted(
+    tmp_path: Path, closing: list[CallSession]
+) -> None:
+    bridge = FlakyBridge(failures=99)
+    session = await make_session(tmp_path, bridge, auto_halt=True, halt_attempts=3, halt_retry_backoff_s=0.01)
+    closing.append(session)
+    feed = cast(InMemoryBus, session.services.bus).subscribe(lambda _e: True, replay_live=False)
+    await session.analyse(threat())
+    await session.settle_controls()
+    assert len(bridge.hangups) == 3  # bounded
+    assert not session.input_ended and not session.halting  # still monitored; a supervisor may halt it
+    alert = next(a for a in await actions(session) if "automatic halt failed" in (a["reason"] or ""))
+    assert alert["action"] == "alert_supervisor" and alert["actor"] == "policy"
+    events = drain(feed)
+    told = [e for e in events if isinstance(e, ActionEvent) and "continues unhalted" in e.reason]
+    assert len(told) == 1 and told[0].action == "alert_supervisor" and told[0].outcome is Outcome.FAILED
+    assert (await session.halt("supervisor retries", "sup1")) is Outcome.FAILED  # the manual halt still works
+
+
+async def test_a_bridge_that_cannot_halt_is_not_retried(tmp_path: Path, closing: list[CallSession]) -> None:
+    bridge = ScriptedBridge(hangup=ControlResult(Outcome.NOT_SUPPORTED, "no REST credentials"))
+    session = await make_session(tmp_path, bridge, auto_halt=True, halt_retry_backoff_s=0.01)
+    closing.append(session)
+    await session.analyse(threat())
+    await session.settle_controls()
+    assert len(bridge.hangups) == 1

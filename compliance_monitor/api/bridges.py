@@ -7,9 +7,12 @@ bridge (AudioSocket: telephony/audiosocket.py) implements a transport, a parser 
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hmac
 import json
 import logging
+from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
@@ -18,9 +21,11 @@ from compliance_monitor.api.auth import authorize_ws, bridge_allowed
 from compliance_monitor.api.deps import get_monitor
 from compliance_monitor.ingest.base import CloseCode, ProtocolError, StreamLimits
 from compliance_monitor.ingest.connection import Message, Parser, serve_connection
+from compliance_monitor.ingest.freeswitch import SUBPROTOCOL, AudioForkParser
 from compliance_monitor.ingest.pcm import PcmStreamParser
 from compliance_monitor.ingest.twilio import TwilioStreamParser
 from compliance_monitor.messages import ControlResult, Outcome
+from compliance_monitor.telephony.esl import EslClient
 from compliance_monitor.telephony.twilio_api import TwilioApi
 
 log = logging.getLogger(__name__)
@@ -109,6 +114,29 @@ class TwilioBridge(WebSocketBridge):
         )
 
 
+class FreeSwitchBridge(WebSocketBridge):
+    """A mod_audio_fork stream: halts with ESL ``uuid_kill`` on the forked channel, warns with
+    ``uuid_broadcast <agent_uuid> <esl.warn_sound> aleg`` (only the collector's leg hears it)."""
+
+    def __init__(self, ws: WebSocket, parser: AudioForkParser, esl: EslClient) -> None:
+        super().__init__(ws, parser.bridge)
+        self.parser = parser
+        self.esl = esl
+
+    async def hangup(self, reason: str) -> ControlResult:
+        if self.parser.fs_uuid is None:
+            return ControlResult(Outcome.FAILED, "no channel uuid yet")
+        result = await self.esl.kill(self.parser.fs_uuid)
+        if result.outcome is Outcome.DONE:
+            await self.close(CloseCode.NORMAL, "halted")
+        return result
+
+    async def warn_agent(self, prompt: str) -> ControlResult:
+        if self.parser.agent_uuid is None:
+            return ControlResult(Outcome.NOT_SUPPORTED, "the metadata named no agent_uuid to whisper to")
+        return await self.esl.whisper(self.parser.agent_uuid, self.esl.settings.warn_sound)
+
+
 def _open(ws: WebSocket) -> bool:
     """Neither side has closed: we may still send."""
     return ws.application_state is WebSocketState.CONNECTED and ws.client_state is WebSocketState.CONNECTED
@@ -141,6 +169,36 @@ def twilio_url(ws: WebSocket, public_url: str | None) -> str:
         host = ws.headers.get("x-forwarded-host") or ws.headers.get("host") or ws.url.netloc
         base = f"{scheme}://{host}{ws.url.path}"
     return f"{base}?{query}" if query else base
+
+
+@router.websocket("/bridge/freeswitch")
+async def freeswitch_bridge(ws: WebSocket) -> None:
+    """mod_audio_fork: ``ws://user:token@host/bridge/freeswitch?mix=stereo&rate=8k`` (Basic auth or bearer)."""
+    settings = get_monitor(ws).services.settings
+    query = ws.query_params
+    parser = AudioForkParser(
+        query.get("mix", "mono"), query.get("rate", "8000"), StreamLimits.from_settings(settings.ingest)
+    )
+    if not (bridge_allowed(ws, settings) or _basic_password_allowed(ws, settings)):
+        await _refuse(ws, parser.bridge, "unauthorized", "bridge token required")
+        return
+    offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",")]
+    await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    bridge = FreeSwitchBridge(ws, parser, EslClient(settings.esl))
+    await serve_connection(get_monitor(ws), bridge, parser, bridge)
+
+
+def _basic_password_allowed(ws: WebSocket, settings: Any) -> bool:
+    """mod_audio_fork's MOD_AUDIO_BASIC_AUTH_*: HTTP Basic whose password is the bridge token."""
+    header = ws.headers.get("authorization", "")
+    expected = settings.auth.bridge_token
+    if expected is None or not header.lower().startswith("basic "):
+        return False
+    try:
+        password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")[2]
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return hmac.compare_digest(password.encode(), expected.get_secret_value().encode())
 
 
 @router.websocket("/bridge/pcm")
