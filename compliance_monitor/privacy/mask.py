@@ -200,6 +200,8 @@ def mask_event(event: E) -> E:
     changes = {
         name: masked
         for name, value in event
-        if name not in _NEVER_MASKED and isinstance(value, str) and (masked := mask_text(value)) != value
+        if name not in _NEVER_MASKED
+        and isinstance(value, str | Mapping | list)
+        and (masked := _mask_value(value)) != value
     }
     return event.model_copy(update=changes) if changes else event
