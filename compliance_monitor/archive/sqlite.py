@@ -513,6 +513,11 @@ class Archive:
 
         return await self._write(write)
 
+    async def record_audit(self, kind: str, actor: str, payload: dict[str, Any], call_id: str | None = None) -> None:
+        """A person's act (e.g. ``unmask``) as an audit entry; ``call_id`` ties it to the call's export."""
+        body = {**payload, "actor": actor, **({"call_id": call_id} if call_id else {})}
+        await self._write(lambda db: self._audit(kind, call_id or "", body))
+
     async def set_action_outcome(self, call_id: str, action_id: int, outcome: str, detail: str = "") -> None:
         """What the bridge did with an action archived as pending (the call ended, the prompt played, or not)."""
 
@@ -610,7 +615,7 @@ class Archive:
                 "OR (a.kind IN ('finding', 'finding_confirmed', 'finding_withdrawn') AND a.ref_id IN "
                 "(SELECT CAST(finding_id AS TEXT) FROM findings WHERE call_id = :c)) "
                 "OR (a.kind = 'action' AND a.ref_id IN (SELECT CAST(action_id AS TEXT) FROM actions "
-                "WHERE call_id = :c)) ORDER BY a.audit_id",
+                "WHERE call_id = :c)) OR (a.kind = 'unmask' AND a.ref_id = :c) ORDER BY a.audit_id",
                 {"c": call_id},
             ).fetchall()
             return [audit.exported(r, _hash_before(db, r["audit_id"])) for r in rows]

@@ -10,16 +10,17 @@ Where masking happens (个人信息保护法: least exposure):
   export, search results and snippets, audit entries in exports) masks by the reader's role
   (``can_see_pii``). Masking on read rather than in the audit payload keeps one raw copy of the evidence
   and leaves the chain verifiable by ``archive.verify_chain`` (whose result the export reports).
-- Search: the index stays over raw text (admins search by number); for everyone else a hit whose query
-  only occurs inside a masked span is dropped, so a masked number cannot be probed digit by digit.
+- Search: the index stays over raw text (admins search by number); for everyone else a hit on a segment
+  with a personal number is dropped when a query term of 3+ digits is not in its masked text, so a masked
+  number cannot be probed digit by digit (nor its call found by it); kept hits are masked, snippet too.
 
 A span keeps its first ``KEEP_HEAD`` and last ``KEEP_TAIL`` digits; every other digit character becomes
 ``*``. Separators (spaces, dashes) and the characters themselves are kept, so the masked text has the
 same length as the original and finding spans and highlights stay aligned: ``110***********1234``,
 ``幺三八****八零零零``.
 
-Detected (``find_pii``): a run of digit characters (0-9, full-width digits, 零〇洞幺一二两三…九, and X
-as an ID's check character) with at most two separator characters between digits, read as one number:
+Detected (``find_pii``): a run of digit characters (0-9, full-width digits, 零〇洞幺一二两三…九, and X / 叉 /
+艾克斯 as an ID's check character) with at most two separator characters between digits, read as one number:
 - an 18-character window that is a valid 居民身份证 (check character and birth date),
 - a 16–19 digit window passing Luhn (bank card), a 11 digit ``1[3-9]…`` window (mobile),
 - conservatively, any other run of 12+ digits (an account read out, a misheard ID) and 10–12 digit
@@ -47,10 +48,31 @@ _SPOKEN = {"零": 0, "〇": 0, "洞": 0, "幺": 1, "一": 1, "二": 2, "两": 2,
 _SPOKEN |= {"五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
 _SEPARATORS = frozenset(" \t-–—、,，.·/")
 _MAX_GAP = 2
+_CHECK_X = ("X", "x", "叉", "艾克斯", "爱克斯")
 
 # String fields of events/rows that never carry spoken content: ids, enums, names of rules.
 _NEVER_MASKED = frozenset(
-    {"call_id", "agent_id", "type", "rule_id", "category", "severity", "speaker", "source", "action", "outcome"}
+    {
+        "call_id",
+        "agent_id",
+        "type",
+        "rule_id",
+        "category",
+        "severity",
+        "speaker",
+        "source",
+        "action",
+        "outcome",
+        "hash",
+        "prev_hash",
+        "kind",
+        "ref_id",
+        "actor",
+        "bridge",
+        "status",
+        "match",
+        "rule_source",
+    }
 )
 # Fields that carry what was said (or text built from it): masked in dicts from the archive.
 TEXT_FIELDS = frozenset(
@@ -75,7 +97,7 @@ def can_see_pii(principal: _HasRole | None) -> bool:
     return principal is not None and principal.role == "admin"
 
 
-def _digit_of(ch: str) -> str | None:
+def digit_of(ch: str) -> str | None:
     if ch in _SPOKEN:
         return str(_SPOKEN[ch])
     if ch.isdigit():
@@ -97,10 +119,14 @@ def _runs(text: str) -> list[tuple[str, list[int]]]:
         digits.clear()
         positions.clear()
 
-    for i, ch in enumerate(text):
-        d = _digit_of(ch)
-        if d is None and ch in "Xx" and len(digits) == 17 and not gap:
-            d = "X"
+    i = 0
+    while i < len(text):
+        ch, width = text[i], 1
+        d = digit_of(ch)
+        if d is None and len(digits) == 17 and not gap:  # an ID's check character: X, read 叉 / 艾克斯
+            width = next((len(x) for x in _CHECK_X if text.startswith(x, i)), 0)
+            d = "X" if width else None
+            width = width or 1
         if d is not None:
             if digits and digits[-1] == "X":
                 close()
@@ -112,6 +138,7 @@ def _runs(text: str) -> list[tuple[str, list[int]]]:
         else:
             close()
             gap = 0
+        i += width
     close()
     return runs
 
@@ -168,7 +195,7 @@ def find_pii(text: str) -> list[PiiSpan]:
 
 def mask_text(text: str) -> str:
     """``text`` with each personal number's middle digits starred; same length."""
-    if not text or sum(1 for ch in text if _digit_of(ch) is not None) < 10:
+    if not text or sum(1 for ch in text if digit_of(ch) is not None) < 10:
         return text  # fast path: most segments carry no long number
     chars = list(text)
     for span in find_pii(text):
