@@ -115,3 +115,13 @@ def test_only_admin_sees_pii() -> None:
     assert can_see_pii(P("admin"))
     assert not any(can_see_pii(P(r)) for r in ("auditor", "supervisor", "collector", "bridge"))
     assert not can_see_pii(None)
+
+
+def test_yao_misheard_as_yao_soundalike_inside_a_number() -> None:
+    assert mask_text("手机要三八零零要三八零零零") == "手机要三八****八零零零"
+    assert mask_text("号码要3800138000") == "号码要38****8000"
+    assert mask_text("我要三个") == "我要三个"
+
+
+def test_traditional_and_financial_numerals() -> None:
+    assert kinds("手機壹叁捌零零壹叁捌零零零") == ["mobile"]

@@ -104,11 +104,12 @@ async def event_schema() -> dict[str, Any]:
 @router.get("/calls")
 async def list_calls(
     monitor: MonitorDep,
-    _: Auditor,
+    who: Auditor,
     status: Literal["live", "ended", "all"] = "all",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
-    return {"calls": await monitor.services.archive.list_calls(status, limit)}
+    calls = await monitor.services.archive.list_calls(status, limit)
+    return {"calls": calls if can_see_pii(who) else [mask_dict(c) for c in calls]}
 
 
 @router.get("/calls/{call_id}")

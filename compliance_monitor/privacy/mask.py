@@ -25,6 +25,7 @@ Detected (``find_pii``): a run of digit characters (0-9, full-width digits, 零�
 - a 16–19 digit window passing Luhn (bank card), a 11 digit ``1[3-9]…`` window (mobile),
 - conservatively, any other run of 12+ digits (an account read out, a misheard ID) and 10–12 digit
   runs starting with 0 (landlines with area code).
+幺 heard as 要/腰/妖/邀 inside a long number is read as 1, as the normaliser reads it for the rules.
 Amounts (5000元, 一百二十万), dates (2024年3月5日) and times (10:30) are never long enough runs.
 """
 
@@ -38,6 +39,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel
 
 from compliance_monitor.detect.pii import valid_bank_card, valid_id_card, valid_mobile
+from compliance_monitor.text.normalise import _MISHEARD_YAO, repair_spoken_yao
 
 KEEP_HEAD = 3
 KEEP_TAIL = 4
@@ -45,9 +47,11 @@ MASK_CHAR = "*"
 MIN_LONG_RUN = 12  # any run this long is masked even if it validates as nothing
 
 _SPOKEN = {"零": 0, "〇": 0, "洞": 0, "幺": 1, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4}
-_SPOKEN |= {"五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+_SPOKEN |= {"五": 5, "六": 6, "七": 7, "八": 8, "九": 9, "兩": 2}
+_SPOKEN |= dict(zip("壹贰貳叁參肆伍陆陸柒捌玖", (1, 2, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9), strict=True))  # financial forms
 _SEPARATORS = frozenset(" \t-–—、,，.·/")
 _MAX_GAP = 2
+_YAO = frozenset("要腰妖邀")  # 幺 as ASR hears it
 _CHECK_X = ("X", "x", "叉", "艾克斯", "爱克斯")
 
 # String fields of events/rows that never carry spoken content: ids, enums, names of rules.
@@ -184,10 +188,15 @@ def _run_spans(digits: str, positions: list[int]) -> list[PiiSpan]:
     return spans
 
 
+def _yao_repaired(text: str) -> str:
+    """幺 misheard as 要/腰/妖/邀 inside a number read out, put back as the normaliser does; same length."""
+    return _MISHEARD_YAO.sub("1", repair_spoken_yao(text))
+
+
 def find_pii(text: str) -> list[PiiSpan]:
     """The personal numbers in ``text``, with offsets into ``text`` itself (no normalisation needed)."""
     spans: list[PiiSpan] = []
-    for digits, positions in _runs(text):
+    for digits, positions in _runs(_yao_repaired(text)):
         if len(digits) >= 10:
             spans += _run_spans(digits, positions)
     return spans
@@ -195,7 +204,7 @@ def find_pii(text: str) -> list[PiiSpan]:
 
 def mask_text(text: str) -> str:
     """``text`` with each personal number's middle digits starred; same length."""
-    if not text or sum(1 for ch in text if digit_of(ch) is not None) < 10:
+    if not text or sum(1 for ch in text if digit_of(ch) is not None or ch in _YAO) < 10:
         return text  # fast path: most segments carry no long number
     chars = list(text)
     for span in find_pii(text):
