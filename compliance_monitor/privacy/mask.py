@@ -10,6 +10,11 @@ Where masking happens (个人信息保护法: least exposure):
   export, search results and snippets, audit entries in exports) masks by the reader's role
   (``can_see_pii``). Masking on read rather than in the audit payload keeps one raw copy of the evidence
   and leaves the chain verifiable by ``archive.verify_chain`` (whose result the export reports).
+- Audit: payloads are stored raw and masked on read, so the chain still hashes the evidence itself and
+  segment entries (rebuilt from the segment row, ``archive.audit.entry_body``) need no second copy. A
+  non-admin export shows masked payloads (``payload_masked``) beside hashes computed over the raw bodies:
+  the chain's integrity is the server's ``audit_chain`` verdict; recomputing the hashes outside needs an
+  admin export (or ``verify_chain`` on the archive). Unmasking one item is itself an ``unmask`` entry.
 - Search: the index stays over raw text (admins search by number); for everyone else a hit on a segment
   with a personal number is dropped when a query term of 3+ digits is not in its masked text, so a masked
   number cannot be probed digit by digit (nor its call found by it); kept hits are masked, snippet too.
