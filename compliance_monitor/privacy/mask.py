@@ -98,7 +98,8 @@ class PiiSpan:
 
 
 class _HasRole(Protocol):
-    role: str
+    @property
+    def role(self) -> str: ...
 
 
 def can_see_pii(principal: _HasRole | None) -> bool:
