@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from compliance_monitor.ingest.base import BridgeStats, CloseCode, ProtocolError
 from compliance_monitor.messages import CallEndedEvent, CallStarted, CallStartedEvent, Outcome
 from compliance_monitor.pipeline import CallControl, CallSession, Services
+from compliance_monitor.privacy.mask import mask_event
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +151,14 @@ class Monitor:
     async def _announce(self, session: CallSession) -> None:
         started = session.started
         await self.services.bus.publish(
-            CallStartedEvent(
-                call_id=started.call_id,
-                agent_id=started.agent_id,
-                bridge=started.bridge,
-                speakers=list(started.speakers),
-                metadata=started.metadata,
+            mask_event(
+                CallStartedEvent(
+                    call_id=started.call_id,
+                    agent_id=started.agent_id,
+                    bridge=started.bridge,
+                    speakers=list(started.speakers),
+                    metadata=started.metadata,
+                )
             )
         )
         await session.check_call_start()

@@ -49,6 +49,7 @@ from compliance_monitor.messages import (
     TranscriptEvent,
 )
 from compliance_monitor.policy.engine import PolicyEngine
+from compliance_monitor.privacy.mask import mask_event
 from compliance_monitor.text.normalise import normalise
 from compliance_monitor.text.tokenise import Tokenizer
 
@@ -579,4 +580,5 @@ class CallSession:
             await tr.aclose()
 
     async def _publish(self, event: Event) -> None:
-        await self.services.bus.publish(event)
+        # What leaves the detect stage carries masked personal numbers; the archive keeps the raw evidence.
+        await self.services.bus.publish(mask_event(event))

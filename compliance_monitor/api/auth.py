@@ -50,6 +50,7 @@ ROUTE_ROLES: dict[tuple[str, str], Grant] = {
     ("GET", "/api/calls"): _READERS,
     ("GET", "/api/calls/{call_id}"): _READERS,
     ("POST", "/api/calls/{call_id}/halt"): ("supervisor",),
+    ("POST", "/api/calls/{call_id}/unmask"): ("auditor",),  # and admin; audited with the reason
     ("GET", "/api/calls/{call_id}/export"): _READERS,
     ("GET", "/api/search"): _READERS,
     ("GET", "/api/rules"): _READERS,
@@ -68,6 +69,7 @@ ROUTE_ROLES: dict[tuple[str, str], Grant] = {
     ("WS", "/ws/agents/{agent_id}"): ("collector", "supervisor"),
     ("WS", "/bridge/twilio"): ("bridge",),
     ("WS", "/bridge/pcm"): ("bridge",),
+    ("WS", "/bridge/freeswitch"): ("bridge",),  # bridge token, or HTTP Basic with it as the password
 }
 
 

@@ -179,7 +179,7 @@ async def freeswitch_bridge(ws: WebSocket) -> None:
     parser = AudioForkParser(
         query.get("mix", "mono"), query.get("rate", "8000"), StreamLimits.from_settings(settings.ingest)
     )
-    if not (bridge_allowed(ws, settings) or _basic_password_allowed(ws, settings)):
+    if not (await _is_bridge(ws) or _basic_password_allowed(ws, settings)):
         await _refuse(ws, parser.bridge, "unauthorized", "bridge token required")
         return
     offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",")]
@@ -206,12 +206,16 @@ async def pcm_bridge(ws: WebSocket) -> None:
     await serve_bridge(ws, PcmStreamParser(StreamLimits.from_settings(get_monitor(ws).services.settings.ingest)))
 
 
-async def serve_bridge(ws: WebSocket, parser: Parser, bridge: WebSocketBridge | None = None) -> None:
+async def _is_bridge(ws: WebSocket) -> bool:
     principal = await authorize_ws(ws, ws.scope["route"].path if "route" in ws.scope else ws.url.path)
     # A configured bridge token is required even while auth is otherwise off (as before issue 18).
     if principal is not None and principal.via == "auth-off" and get_monitor(ws).services.settings.auth.bridge_token:
         principal = None
-    if not bridge_allowed(principal):
+    return bridge_allowed(principal)
+
+
+async def serve_bridge(ws: WebSocket, parser: Parser, bridge: WebSocketBridge | None = None) -> None:
+    if not await _is_bridge(ws):
         await _refuse(ws, parser.bridge, "unauthorized", "bridge token required")
         return
     await _accept_and_serve(ws, parser, bridge or WebSocketBridge(ws, parser.bridge))

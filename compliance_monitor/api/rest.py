@@ -12,9 +12,11 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from compliance_monitor.api.auth import Principal, current, enforce
 from compliance_monitor.api.deps import get_monitor
+from compliance_monitor.archive.sqlite import highlight
 from compliance_monitor.detect.rulepack import RulePackError
 from compliance_monitor.messages import Event, Outcome, Severity
 from compliance_monitor.monitor import Monitor
+from compliance_monitor.privacy.mask import can_see_pii, digit_of, mask_dict, mask_text
 
 # Every route's roles are declared once, in auth.ROUTE_ROLES; ``enforce`` checks them for each request.
 router = APIRouter(prefix="/api", dependencies=[Depends(enforce)])
@@ -27,6 +29,13 @@ Who = Annotated[Principal, Depends(current)]
 Supervisor = Who
 Auditor = Who
 Admin = Who
+Unmasker = Who
+
+
+class UnmaskRequest(BaseModel):
+    segment_id: int | None = None
+    finding_id: int | None = None
+    reason: str = Field(min_length=1, max_length=500)
 
 
 class HaltRequest(BaseModel):
@@ -91,19 +100,43 @@ async def event_schema() -> dict[str, Any]:
 @router.get("/calls")
 async def list_calls(
     monitor: MonitorDep,
-    _: Auditor,
+    who: Auditor,
     status: Literal["live", "ended", "all"] = "all",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
-    return {"calls": await monitor.services.archive.list_calls(status, limit)}
+    calls = await monitor.services.archive.list_calls(status, limit)
+    return {"calls": calls if can_see_pii(who) else [mask_dict(c) for c in calls]}
 
 
 @router.get("/calls/{call_id}")
-async def get_call(call_id: str, monitor: MonitorDep, _: Auditor) -> dict[str, Any]:
+async def get_call(call_id: str, monitor: MonitorDep, who: Auditor) -> dict[str, Any]:
     call = await monitor.services.archive.get_call(call_id)
     if call is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no call {call_id}")
-    return _with_rule_sources(call, monitor.services.rules.engine.rules)
+    call = _with_rule_sources(call, monitor.services.rules.engine.rules)
+    return call if can_see_pii(who) else mask_dict(call)
+
+
+@router.post("/calls/{call_id}/unmask")
+async def unmask(call_id: str, body: UnmaskRequest, monitor: MonitorDep, who: Unmasker) -> dict[str, Any]:
+    """One segment or finding of a call unmasked, for a stated reason; the act is audited with the person."""
+    if (body.segment_id is None) == (body.finding_id is None):
+        raise HTTPException(422, "give exactly one of segment_id, finding_id")
+    if not body.reason.strip():
+        raise HTTPException(422, "a reason is required")
+    archive = monitor.services.archive
+    call = await archive.get_call(call_id)
+    if call is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no call {call_id}")
+    table, key, ref = ("segments", "segment_id", body.segment_id)
+    if body.finding_id is not None:
+        table, key, ref = ("findings", "finding_id", body.finding_id)
+    item = next((row for row in call[table] if row[key] == ref), None)
+    if item is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} has no {key} {ref}")
+    actor = getattr(who, "user", None) or who.role
+    await archive.record_audit("unmask", actor, {key: ref, "reason": body.reason.strip()}, call_id=call_id)
+    return {"call_id": call_id, key: ref, "item": item}
 
 
 def _with_rule_sources(call: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
@@ -132,15 +165,46 @@ async def export_call(call_id: str, monitor: MonitorDep, who: Auditor) -> JSONRe
     if call is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no call {call_id}")
     intact, checked = await archive.verify_chain()
+    entries = await archive.audit_entries(call_id)
+    raw = can_see_pii(who)
+    if not raw:  # the chain is verified over the raw bodies (audit_chain); shown masked, payload_masked says so
+        call = mask_dict(call)
+        entries = [_masked_entry(e) for e in entries]
     bundle = {
         **call,
-        "audit": await archive.audit_entries(call_id),
+        "pii_masked": not raw,
+        "audit": entries,
         "audit_chain": {"intact": intact, "entries_checked": checked},
         "exported_at": time.time(),
         "exported_by": who.actor,
     }
     await archive.record_audit("export", who.actor, {"role": who.role}, call_id=call_id)
     return JSONResponse(bundle, headers={"Content-Disposition": f'attachment; filename="call-{call_id}.json"'})
+
+
+def _masked_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    payload = entry.get("payload")
+    masked = mask_text(payload) if isinstance(payload, str) else payload
+    return {**entry, "payload": masked, "payload_masked": masked != payload}
+
+
+def _digit_count(term: str) -> int:
+    return sum(1 for ch in term if digit_of(ch) is not None)
+
+
+def _masked_results(results: list[dict[str, Any]], q: str | None) -> list[dict[str, Any]]:
+    """Results a non-admin may see: text and snippet masked; a hit only inside a masked number is dropped."""
+    terms = [t for t in {(q or "").strip(), *(q or "").split()} if t]
+    shown = []
+    for row in results:
+        masked = mask_text(row["text"])
+        if masked == row["text"]:
+            shown.append(row)
+            continue
+        if any(_digit_count(t) >= 3 and t not in masked for t in terms):
+            continue  # the query matched personal digits: finding the call would disclose them
+        shown.append({**mask_dict(row), "text": masked, "snippet": highlight(masked, terms)})
+    return shown
 
 
 def _epoch(value: str | None, *, end_of_day: bool) -> float | None:
@@ -201,7 +265,8 @@ async def search(
     asked = {"q": q, "speaker": speaker, "category": category, "severity": severity, "agent": agent}
     asked |= {"action": action, "from": from_, "to": to, "cursor": cursor}
     await monitor.services.archive.record_audit("search", who.actor, {k: v for k, v in asked.items() if v is not None})
-    return {"query": q, "results": page.results, "next_cursor": page.next_cursor}
+    results = page.results if can_see_pii(who) else _masked_results(page.results, q)
+    return {"query": q, "results": results, "next_cursor": page.next_cursor}
 
 
 @router.get("/rules")

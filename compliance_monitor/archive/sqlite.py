@@ -670,7 +670,7 @@ class Archive:
                 "OR (a.kind IN ('finding', 'finding_confirmed', 'finding_withdrawn') AND a.ref_id IN "
                 "(SELECT CAST(finding_id AS TEXT) FROM findings WHERE call_id = :c)) "
                 "OR (a.kind = 'action' AND a.ref_id IN (SELECT CAST(action_id AS TEXT) FROM actions "
-                "WHERE call_id = :c)) ORDER BY a.audit_id",
+                "WHERE call_id = :c)) OR (a.kind = 'unmask' AND a.ref_id = :c) ORDER BY a.audit_id",
                 {"c": call_id},
             ).fetchall()
             return [audit.exported(r, _hash_before(db, r["audit_id"])) for r in rows]
