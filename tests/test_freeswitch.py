@@ -205,7 +205,7 @@ async def test_real_mandarin_stereo_reaches_both_speakers_and_a_halt_kills_the_c
     metadata = {"uuid": "fs-call-1", "agent_id": "A-fs", "agent_uuid": "fs-agent-1", "debtor_tz": "Asia/Shanghai"}
     with fs_server(tmp_path, esl.port) as live:
         bearer = {"Authorization": "Bearer fs-secret"}
-        async with record_feed(f"{live.ws}/ws/console?token=fs-secret") as feed:
+        async with record_feed(f"{live.ws}/ws/console") as feed:
             ws = await stream(f"{live.ws}/bridge/freeswitch?mix=stereo&rate=8k", metadata, pcm, bearer)
             await feed.wait_for(
                 lambda ev: (
@@ -213,7 +213,8 @@ async def test_real_mandarin_stereo_reaches_both_speakers_and_a_halt_kills_the_c
                 ),
                 within_s=120,
             )
-            async with httpx.AsyncClient(headers=bearer) as http:
+            # Auth is off but for bridges (only a bridge token is set): on loopback, a halt needs no login.
+            async with httpx.AsyncClient() as http:
                 r = await http.post(f"{live.http}/api/calls/fs-call-1/halt", json={"reason": "test halt"})
             assert r.status_code == 202, r.text
             assert r.json()["outcome"] == "done", r.json()
