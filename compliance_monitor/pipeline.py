@@ -1,7 +1,8 @@
 """The live pipeline, in data-flow order, in one place.
 
     bridge adapter ─AudioChunk→ [per speaker: bounded queue → VAD → ASR (shared scheduler)]
-        ─Transcript→ normalise + jieba → rules → policy → archive (first) → bus (then)
+        ─Transcript→ analysis_chain: normalise + jieba → call-start findings → archive + publish the segment
+        → rules → classifier → omissions → archive + publish findings → policy ─Decided→ act on the call
 
 ``Services`` holds what all calls share (one ASR model, rules, archive, bus). ``CallSession`` is one
 call: a task per speaker for audio and one for analysis, all cancelled together. ``monitor.Monitor``
@@ -13,11 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from compliance_monitor.analysis.call_start import CallStartStage
+from compliance_monitor.analysis.chain import Chain
+from compliance_monitor.analysis.frames import Decided, Frame
+from compliance_monitor.analysis.model import ModelStage
+from compliance_monitor.analysis.normalise import NormaliseStage
+from compliance_monitor.analysis.omissions import OmissionStage
+from compliance_monitor.analysis.policy import PolicyStage
+from compliance_monitor.analysis.raising import RaiseStage
+from compliance_monitor.analysis.rules import RuleStage
+from compliance_monitor.analysis.segments import SegmentStage
 from compliance_monitor.archive.sqlite import Archive
 from compliance_monitor.asr.scheduler import AsrScheduler
 from compliance_monitor.asr.stream import SpeakerTranscriber
@@ -37,25 +47,18 @@ from compliance_monitor.messages import (
     CallStarted,
     ControlResult,
     Event,
-    Finding,
-    FindingEvent,
-    FindingWithdrawnEvent,
     MonitoringLostEvent,
-    NormalisedText,
     Outcome,
     Severity,
     Speaker,
     Transcript,
-    TranscriptEvent,
 )
 from compliance_monitor.policy.engine import PolicyEngine
 from compliance_monitor.privacy.mask import mask_event
-from compliance_monitor.text.normalise import normalise
 from compliance_monitor.text.tokenise import Tokenizer
 
 log = logging.getLogger(__name__)
 
-WITHDRAWN = "最终转写未出现该内容（部分转写听错或已修正）"  # why a finding raised on a partial is withdrawn
 MAX_BATCH_CHUNKS = 50  # chunks per VAD hop: one speaker's backlog must not hold the shared VAD thread for long
 
 
@@ -91,29 +94,25 @@ class Services:
     model: ModelDetector | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Said:
-    """A final of one speaker, kept as context for the next ones."""
-
-    t0: float
-    t1: float
-    text: NormalisedText
-
-
-def _same_breath(said: Sequence[_Said], t0: float, max_gap_s: float) -> tuple[NormalisedText, ...]:
-    """The speaker's last finals that run up to ``t0`` with no pause longer than ``max_gap_s``, oldest first.
-
-    The classifier joins them to the new final: a pause cut one sentence into several finals. After a longer
-    silence (the other party spoke) the earlier talk is another sentence, and joining it only adds false alarms.
-    """
-    recent: list[NormalisedText] = []
-    start = t0
-    for earlier in reversed(said):
-        if start - earlier.t1 > max_gap_s:
-            break
-        recent.append(earlier.text)
-        start = earlier.t0
-    return tuple(reversed(recent))
+def analysis_chain(session: CallSession, services: Services) -> Chain:
+    """After ASR, the stages one call's transcripts go through, in data-flow order (see ``analysis``)."""
+    s, engine = services.settings, services.rules.engine
+    started, call_id, agent_id = session.started, session.call_id, session.agent_id
+    floor = s.policy.check_partials_from
+    window = max(1, engine.max_context - 1, services.model.context if services.model else 0)
+    return Chain(
+        [
+            NormaliseStage(services.tokenizer),
+            CallStartStage(),
+            SegmentStage(call_id, agent_id, started.speakers, window, services.archive, session.publish),
+            RuleStage(services.rules, services.policy, None if floor == "never" else Severity(floor).rank),
+            ModelStage(services.model, services.policy, s.classifier.context_gap_s),
+            OmissionStage(OmissionTracker(call_id, engine.omission_rules)),
+            RaiseStage(call_id, agent_id, services.archive, session.publish),
+            PolicyStage(services.policy),
+        ],
+        sink=session.carry_out,
+    )
 
 
 class CallSession:
@@ -129,8 +128,6 @@ class CallSession:
         self.attached = True  # a bridge connection carries this call now (see Monitor.live_call)
         self.chunks_dropped = 0
         self.audio_s = 0.0  # audio the bridge delivered: a call with none is archived as 'no_audio'
-        self.spoke = False  # a final transcript said something: until then nothing accuses the collector
-        self._deferred: list[Finding] = []  # call-start findings (calling hours, frequency), held until speech
         s = services.settings
         self._audio: dict[Speaker, asyncio.Queue[AudioChunk | None]] = {
             sp: asyncio.Queue(s.ingest.chunk_queue_size) for sp in started.speakers
@@ -144,17 +141,9 @@ class CallSession:
             sp: SpeakerTranscriber(self.call_id, sp, services.asr, s.vad, s.asr, self._transcripts)
             for sp in started.speakers
         }
-        engine = services.rules.engine
-        self._omissions = OmissionTracker(self.call_id, engine.omission_rules)
-        # Recent finals per speaker, for rules and the classifier that read across consecutive segments.
-        window = max(1, engine.max_context - 1, services.model.context if services.model else 0)
-        self._context: dict[Speaker, deque[_Said]] = {sp: deque(maxlen=window) for sp in started.speakers}
-        self._last_t = 0.0
-        floor = s.policy.check_partials_from
-        self._partial_floor = None if floor == "never" else Severity(floor).rank
-        # Findings raised on partials, by (rule, speaker, segment): their archive ids, until the final says.
-        self._from_partials: dict[tuple[str, str, int], tuple[int, Finding]] = {}
-        self._partials_shown: set[tuple[Speaker, int]] = set()  # segments whose partials the feeds have seen
+        self._chain = analysis_chain(self, services)
+        self._segments = self._chain.stage(SegmentStage)
+        self._call_start = self._chain.stage(CallStartStage)
         self._ended = asyncio.Event()
         self.end_reason = "unknown"
         self.task: asyncio.Task[None] | None = None
@@ -248,16 +237,21 @@ class CallSession:
     async def _analysis_loop(self) -> None:
         while (transcript := await self._transcripts.get()) is not None:
             await self.analyse(transcript)
-        if not self.spoke:
-            return  # no audio or nothing said: an aborted or junk call accuses no collector of an omission
-        for finding in self._omissions.due(self._last_t, call_over=True):
-            await self._raise(finding, None)
+        await self._chain.end_input()
+
+    async def analyse(self, transcript: Transcript) -> None:
+        """One transcript, partial or final, through the analysis chain (``analysis_chain``)."""
+        await self._chain.push(transcript)
+
+    @property
+    def spoke(self) -> bool:
+        """A final transcript said something: until then nothing accuses the collector."""
+        return self._segments.spoke
 
     async def check_call_start(self) -> None:
         """Calling hours and frequency, in the debtor's local time, checked at the start of the call.
 
-        The findings are held until someone speaks (``analyse``): a call that never carries speech is not
-        a call to the debtor, and must not credit a calling-hours finding to whatever agent id the bridge sent.
+        The findings are held until someone speaks (``CallStartStage``).
         """
         svc = self.services
         rules = svc.rules.engine.call_start_rules
@@ -268,126 +262,12 @@ class CallSession:
         if debtor_id is not None:
             since = local_midnight(self.started.wall_time, tz)
             calls_today = await svc.archive.count_calls(debtor_id, since)
-        self._deferred = check_call_start(rules, self.started, tz, calls_today)
+        self._call_start.hold(check_call_start(rules, self.started, tz, calls_today))
 
-    async def analyse(self, tr: Transcript) -> None:
-        svc = self.services
-        text = normalise(tr.text, svc.tokenizer)
-        if not text.text:
-            if tr.final:  # the final heard nothing after all
-                await self._end_unsaid(tr)
-            return
-        if tr.final and not self.spoke:
-            self.spoke = True
-            for finding in self._deferred:
-                await self._raise(finding, None)
-            self._deferred = []
-        segment_id = await svc.archive.add_segment(tr, text) if tr.final else None
-        await self._publish_transcript(tr, text.text, segment_id)
-        self._last_t = max(self._last_t, tr.t1)
-        said = self._context[tr.speaker]
-        context = tuple(earlier.text for earlier in said)
-        if tr.final:
-            rule_findings = svc.rules.detect(tr, text, context)
-            for finding in rule_findings:
-                key = (finding.rule_id, finding.speaker.value, finding.segment_no)
-                if (partial := self._from_partials.pop(key, None)) is not None:
-                    await svc.archive.link_finding(partial[0], segment_id)  # the final confirms it
-                elif svc.policy.is_new(finding):
-                    await self._raise(finding, segment_id)
-            await self._withdraw_unconfirmed(tr)
-            if svc.model is not None:
-                named = {f.category for f in rule_findings}
-                recent = _same_breath(said, tr.t0, svc.settings.classifier.context_gap_s)
-                for finding in await svc.model.detect(tr, text, recent):
-                    if finding.category not in named and svc.policy.is_new(finding):
-                        await self._raise(finding, segment_id)
-            said.append(_Said(tr.t0, tr.t1, text))
-            self._omissions.observe(tr.speaker, tr.t0, text)
-        elif self._partial_floor is not None:
-            # Serious findings need not wait for the end of a long turn: check the partial hypothesis.
-            for finding in svc.rules.detect(tr, text, context):
-                if finding.severity.rank >= self._partial_floor and svc.policy.is_new(finding):
-                    key = (finding.rule_id, finding.speaker.value, finding.segment_no)
-                    self._from_partials[key] = (await self._raise(finding, None), finding)
-        for finding in self._omissions.due(self._last_t):
-            await self._raise(finding, None)
-
-    async def _end_unsaid(self, final: Transcript) -> None:
-        """A segment whose final transcript is empty: its partials' findings are withdrawn, and feeds that
-        showed its partials are told it ended with nothing said."""
-        await self._withdraw_unconfirmed(final)
-        if (final.speaker, final.segment_no) in self._partials_shown:
-            await self._publish_transcript(final, "", None)
-
-    async def _publish_transcript(self, tr: Transcript, text: str, segment_id: int | None) -> None:
-        await self._publish(
-            TranscriptEvent(
-                call_id=self.call_id,
-                agent_id=self.agent_id,
-                speaker=tr.speaker,
-                segment_no=tr.segment_no,
-                text=text,
-                t0=tr.t0,
-                t1=tr.t1,
-                final=tr.final,
-                segment_id=segment_id,
-                asr_s=round(tr.asr_latency_s, 3) if tr.final else None,
-            )
-        )
-        if tr.final:
-            self._partials_shown.discard((tr.speaker, tr.segment_no))
-        else:
-            self._partials_shown.add((tr.speaker, tr.segment_no))
-
-    async def _withdraw_unconfirmed(self, final: Transcript) -> None:
-        """Findings this segment's partials raised that its final does not: the ASR revised what it heard.
-
-        They stay in the archive, marked withdrawn, and the console and the collector's screen are told.
-        """
-        said = (final.speaker.value, final.segment_no)
-        for key in [k for k in self._from_partials if k[1:] == said]:
-            finding_id, finding = self._from_partials.pop(key)
-            self.services.policy.withdraw(finding)
-            await self.services.archive.withdraw_finding(self.call_id, finding_id, WITHDRAWN)
-            await self._publish(
-                FindingWithdrawnEvent(
-                    call_id=self.call_id,
-                    agent_id=self.agent_id,
-                    finding_id=finding_id,
-                    speaker=final.speaker,
-                    segment_no=final.segment_no,
-                    reason=WITHDRAWN,
-                )
-            )
-
-    async def _raise(self, finding: Finding, segment_id: int | None) -> int:
-        svc = self.services
-        finding_id = await svc.archive.add_finding(finding, segment_id)
-        await self._publish(
-            FindingEvent(
-                call_id=self.call_id,
-                agent_id=self.agent_id,
-                finding_id=finding_id,
-                speaker=finding.speaker,
-                segment_no=finding.segment_no,
-                rule_id=finding.rule_id,
-                category=finding.category,
-                severity=finding.severity,
-                matched_text=finding.matched_text,
-                span=finding.span,
-                t0=finding.t0,
-                t1=finding.t1,
-                explanation=finding.explanation,
-                collector_explanation=finding.collector_explanation,
-                source=finding.source,
-                score=finding.score,
-                rule_source=finding.rule_source,
-            )
-        )
-        for action in svc.policy.decide(finding):
-            await self._act(action, finding_id)
-        return finding_id
+    async def carry_out(self, frame: Frame) -> None:
+        """The end of the analysis chain: the policy's decisions act on the call."""
+        if isinstance(frame, Decided):
+            await self._act(frame.action, frame.finding_id)
 
     async def _act(self, action: Action, finding_id: int) -> None:
         policy = self.services.settings.policy
@@ -400,7 +280,7 @@ class CallSession:
         if outcome is Outcome.PENDING and action.kind is ActionKind.HALT_CALL:
             self.halting = True  # before any await: a supervisor's halt now is 'already halting'
         action_id = await self.services.archive.add_action(action, finding_id, outcome=outcome)
-        await self._publish(
+        await self.publish(
             ActionEvent(
                 call_id=self.call_id,
                 agent_id=self.agent_id,
@@ -434,7 +314,7 @@ class CallSession:
         action_id = await self.services.archive.add_manual_action(
             self.call_id, ActionKind.HALT_CALL.value, reason, None, actor, Outcome.PENDING
         )
-        await self._publish(
+        await self.publish(
             ActionEvent(
                 call_id=self.call_id,
                 agent_id=self.agent_id,
@@ -480,7 +360,7 @@ class CallSession:
         alert_id = await self.services.archive.add_manual_action(
             self.call_id, ActionKind.ALERT_SUPERVISOR.value, reason, finding_id, "policy"
         )
-        await self._publish(
+        await self.publish(
             ActionEvent(
                 call_id=self.call_id,
                 agent_id=self.agent_id,
@@ -512,7 +392,7 @@ class CallSession:
 
     async def _record_outcome(self, action_id: int, kind: ActionKind, result: ControlResult) -> None:
         await self.services.archive.set_action_outcome(self.call_id, action_id, result.outcome.value, result.detail)
-        await self._publish(
+        await self.publish(
             ActionOutcomeEvent(
                 call_id=self.call_id,
                 agent_id=self.agent_id,
@@ -558,7 +438,7 @@ class CallSession:
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             (
                 "alert",
-                lambda: self._publish(
+                lambda: self.publish(
                     MonitoringLostEvent(
                         call_id=self.call_id, agent_id=self.agent_id, reason=end_reason, message=message
                     )
@@ -579,6 +459,6 @@ class CallSession:
         for tr in self._transcribers.values():
             await tr.aclose()
 
-    async def _publish(self, event: Event) -> None:
+    async def publish(self, event: Event) -> None:
         # What leaves the detect stage carries masked personal numbers; the archive keeps the raw evidence.
         await self.services.bus.publish(mask_event(event))

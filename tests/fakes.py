@@ -1,9 +1,12 @@
-"""Fakes shared by tests: a decoder that records batches and can be held mid-decode."""
+"""Fakes shared by tests: a decoder that records batches and can be held mid-decode; a stage harness."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
+from compliance_monitor.analysis.chain import Chain, Stage
+from compliance_monitor.analysis.frames import Frame
 from compliance_monitor.asr.decoder import DecodeRequest, DecodeResult
 
 
@@ -30,3 +33,18 @@ class FakeDecoder:
             self.fail_next = False
             raise RuntimeError("decoder exploded")
         return [DecodeResult(f"len={len(r.audio)}", -0.1, 0.0, 1.0, None) for r in requests]
+
+
+async def run_stage(stage: Stage, frames: Sequence[Frame], *, flush: bool = False) -> list[Frame]:
+    """The stage test harness: what one analysis stage yields for these frames (and at the end, with ``flush``)."""
+    out: list[Frame] = []
+
+    async def collect(frame: Frame) -> None:
+        out.append(frame)
+
+    chain = Chain([stage], sink=collect)
+    for frame in frames:
+        await chain.push(frame)
+    if flush:
+        await chain.end_input()
+    return out

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from compliance_monitor.analysis.frames import Said
+from compliance_monitor.analysis.model import same_breath
 from compliance_monitor.detect.model import ModelDetector, RecentScores, hits_in_context, load_model_detector
 from compliance_monitor.messages import NormalisedText, Severity, Speaker, Transcript
-from compliance_monitor.pipeline import _Said, _same_breath
 
 pytestmark = pytest.mark.unit
 
@@ -140,16 +141,16 @@ async def test_context_findings_say_they_read_the_previous_segment() -> None:
     detector.close()
 
 
-def said(t0: float, t1: float, text: str) -> _Said:
-    return _Said(t0, t1, NormalisedText(text, text, text, ()))
+def said(t0: float, t1: float, text: str) -> Said:
+    return Said(t0, t1, NormalisedText(text, text, text, ()))
 
 
 def test_only_finals_a_short_pause_apart_are_joined() -> None:
     history = [said(0.0, 3.0, "您好"), said(9.0, 11.0, "你要是今天还不还"), said(11.6, 12.4, "我跟你讲")]
     # 12.4 -> 13.0 and 11.0 -> 11.6 are pauses inside a sentence; 3.0 -> 9.0 is another turn
-    assert [t.text for t in _same_breath(history, 13.0, 2.0)] == ["你要是今天还不还", "我跟你讲"]
-    assert _same_breath(history, 20.0, 2.0) == ()  # after a long silence: a new sentence
-    assert _same_breath([], 1.0, 2.0) == ()
+    assert [t.text for t in same_breath(history, 13.0, 2.0)] == ["你要是今天还不还", "我跟你讲"]
+    assert same_breath(history, 20.0, 2.0) == ()  # after a long silence: a new sentence
+    assert same_breath([], 1.0, 2.0) == ()
 
 
 # --------------------------------------------------------------------------- the classifier a fresh install runs

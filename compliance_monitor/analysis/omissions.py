@@ -1,0 +1,37 @@
+"""Stage: what must be said and was not (mandatory disclosures), due by a deadline or at the end of the call.
+
+The last reader of ``Segment``: it consumes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from compliance_monitor.analysis.chain import Stage
+from compliance_monitor.analysis.frames import Candidate, Frame, Segment
+from compliance_monitor.detect.calls import OmissionTracker
+
+
+class OmissionStage(Stage):
+    def __init__(self, tracker: OmissionTracker) -> None:
+        self._tracker = tracker
+        self._last_t = 0.0
+        self._spoke = False
+
+    async def process(self, frame: Frame) -> AsyncIterator[Frame]:
+        if not isinstance(frame, Segment):
+            yield frame
+            return
+        tr = frame.transcript
+        self._last_t = max(self._last_t, tr.t1)
+        if tr.final:
+            self._spoke = True
+            self._tracker.observe(tr.speaker, tr.t0, frame.text)
+        for finding in self._tracker.due(self._last_t):
+            yield Candidate(finding, None)
+
+    async def flush(self) -> AsyncIterator[Frame]:
+        if not self._spoke:
+            return  # no audio or nothing said: an aborted or junk call accuses no collector of an omission
+        for finding in self._tracker.due(self._last_t, call_over=True):
+            yield Candidate(finding, None)

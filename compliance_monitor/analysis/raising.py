@@ -1,0 +1,80 @@
+"""Stage: a finding is archived first, then published; a partial's finding is later confirmed or withdrawn."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from compliance_monitor.analysis.chain import Stage
+from compliance_monitor.analysis.frames import Candidate, Confirmed, Frame, Raised, Withdrawn
+from compliance_monitor.archive.sqlite import Archive
+from compliance_monitor.messages import Event, Finding, FindingEvent, FindingWithdrawnEvent
+
+WITHDRAWN = "最终转写未出现该内容（部分转写听错或已修正）"  # why a finding raised on a partial is withdrawn
+
+Publish = Callable[[Event], Awaitable[None]]
+
+
+def _key(finding: Finding) -> tuple[str, str, int]:
+    return (finding.rule_id, finding.speaker.value, finding.segment_no)
+
+
+class RaiseStage(Stage):
+    def __init__(self, call_id: str, agent_id: str, archive: Archive, publish: Publish) -> None:
+        self._call_id, self._agent_id = call_id, agent_id
+        self._archive, self._publish = archive, publish
+        self._provisional_ids: dict[tuple[str, str, int], int] = {}  # a partial's finding → its archive id
+
+    async def process(self, frame: Frame) -> AsyncIterator[Frame]:
+        if isinstance(frame, Candidate):
+            finding_id = await self._raise(frame.finding, frame.segment_id)
+            if frame.provisional:
+                self._provisional_ids[_key(frame.finding)] = finding_id
+            yield Raised(finding_id, frame.finding)
+        elif isinstance(frame, Confirmed):
+            finding_id = self._provisional_ids.pop(_key(frame.finding))
+            await self._archive.link_finding(finding_id, frame.segment_id)
+        elif isinstance(frame, Withdrawn):
+            await self._withdraw(frame.finding)
+            yield frame  # the policy ends the cool-downs it started
+        else:
+            yield frame
+
+    async def _raise(self, finding: Finding, segment_id: int | None) -> int:
+        finding_id = await self._archive.add_finding(finding, segment_id)
+        await self._publish(
+            FindingEvent(
+                call_id=self._call_id,
+                agent_id=self._agent_id,
+                finding_id=finding_id,
+                speaker=finding.speaker,
+                segment_no=finding.segment_no,
+                rule_id=finding.rule_id,
+                category=finding.category,
+                severity=finding.severity,
+                matched_text=finding.matched_text,
+                span=finding.span,
+                t0=finding.t0,
+                t1=finding.t1,
+                explanation=finding.explanation,
+                collector_explanation=finding.collector_explanation,
+                source=finding.source,
+                score=finding.score,
+                rule_source=finding.rule_source,
+            )
+        )
+        return finding_id
+
+    async def _withdraw(self, finding: Finding) -> None:
+        """It stays in the archive, marked withdrawn, and the console and the collector's screen are told."""
+        finding_id = self._provisional_ids.pop(_key(finding))
+        await self._archive.withdraw_finding(self._call_id, finding_id, WITHDRAWN)
+        await self._publish(
+            FindingWithdrawnEvent(
+                call_id=self._call_id,
+                agent_id=self._agent_id,
+                finding_id=finding_id,
+                speaker=finding.speaker,
+                segment_no=finding.segment_no,
+                reason=WITHDRAWN,
+            )
+        )
