@@ -47,6 +47,7 @@ from compliance_monitor.messages import (
     CallStarted,
     ControlResult,
     Event,
+    Finding,
     MonitoringLostEvent,
     Outcome,
     Severity,
@@ -280,19 +281,7 @@ class CallSession:
         if outcome is Outcome.PENDING and action.kind is ActionKind.HALT_CALL:
             self.halting = True  # before any await: a supervisor's halt now is 'already halting'
         action_id = await self.services.archive.add_action(action, finding_id, outcome=outcome)
-        await self.publish(
-            ActionEvent(
-                call_id=self.call_id,
-                agent_id=self.agent_id,
-                action_id=action_id,
-                action=action.kind,
-                finding_id=finding_id,
-                category=action.finding.category,
-                severity=action.finding.severity,
-                reason=action.reason,
-                outcome=outcome,
-            )
-        )
+        await self._publish_action(action_id, action.kind, action.reason, outcome, action.finding, finding_id)
         if outcome is not Outcome.PENDING:
             return
         # The bridge may take seconds (a REST call to the carrier, a paced prompt): analysis does not wait for it.
@@ -314,19 +303,7 @@ class CallSession:
         action_id = await self.services.archive.add_manual_action(
             self.call_id, ActionKind.HALT_CALL.value, reason, None, actor, Outcome.PENDING
         )
-        await self.publish(
-            ActionEvent(
-                call_id=self.call_id,
-                agent_id=self.agent_id,
-                action_id=action_id,
-                action=ActionKind.HALT_CALL,
-                finding_id=None,
-                category=None,
-                severity=None,
-                reason=f"{actor}: {reason}",
-                outcome=Outcome.PENDING,
-            )
-        )
+        await self._publish_action(action_id, ActionKind.HALT_CALL, f"{actor}: {reason}", Outcome.PENDING)
         return await self._hangup(action_id, reason)
 
     async def _hangup(self, action_id: int, reason: str) -> Outcome:
@@ -360,15 +337,26 @@ class CallSession:
         alert_id = await self.services.archive.add_manual_action(
             self.call_id, ActionKind.ALERT_SUPERVISOR.value, reason, finding_id, "policy"
         )
+        await self._publish_action(alert_id, ActionKind.ALERT_SUPERVISOR, reason, outcome, action.finding, finding_id)
+
+    async def _publish_action(
+        self,
+        action_id: int,
+        kind: ActionKind,
+        reason: str,
+        outcome: Outcome | None,
+        finding: Finding | None = None,
+        finding_id: int | None = None,
+    ) -> None:
         await self.publish(
             ActionEvent(
                 call_id=self.call_id,
                 agent_id=self.agent_id,
-                action_id=alert_id,
-                action=ActionKind.ALERT_SUPERVISOR,
+                action_id=action_id,
+                action=kind,
                 finding_id=finding_id,
-                category=action.finding.category,
-                severity=action.finding.severity,
+                category=finding.category if finding else None,
+                severity=finding.severity if finding else None,
                 reason=reason,
                 outcome=outcome,
             )

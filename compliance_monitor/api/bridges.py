@@ -183,9 +183,8 @@ async def freeswitch_bridge(ws: WebSocket) -> None:
         await _refuse(ws, parser.bridge, "unauthorized", "bridge token required")
         return
     offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",")]
-    await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     bridge = FreeSwitchBridge(ws, parser, EslClient(settings.esl))
-    await serve_connection(get_monitor(ws), bridge, parser, bridge)
+    await _accept_and_serve(ws, parser, bridge, SUBPROTOCOL if SUBPROTOCOL in offered else None)
 
 
 def _basic_password_allowed(ws: WebSocket, settings: Any) -> bool:
@@ -221,8 +220,10 @@ async def serve_bridge(ws: WebSocket, parser: Parser, bridge: WebSocketBridge | 
     await _accept_and_serve(ws, parser, bridge or WebSocketBridge(ws, parser.bridge))
 
 
-async def _accept_and_serve(ws: WebSocket, parser: Parser, bridge: WebSocketBridge) -> None:
-    await ws.accept()
+async def _accept_and_serve(
+    ws: WebSocket, parser: Parser, bridge: WebSocketBridge, subprotocol: str | None = None
+) -> None:
+    await ws.accept(subprotocol=subprotocol)
     await serve_connection(get_monitor(ws), bridge, parser, bridge)
 
 
