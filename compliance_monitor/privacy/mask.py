@@ -44,7 +44,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel
 
 from compliance_monitor.detect.pii import valid_bank_card, valid_id_card, valid_mobile
-from compliance_monitor.text.normalise import _MISHEARD_YAO, repair_spoken_yao
+from compliance_monitor.text.normalise import repair_misheard_yao, repair_spoken_yao
 
 KEEP_HEAD = 3
 KEEP_TAIL = 4
@@ -196,7 +196,7 @@ def _run_spans(digits: str, positions: list[int]) -> list[PiiSpan]:
 
 def _yao_repaired(text: str) -> str:
     """幺 misheard as 要/腰/妖/邀 inside a number read out, put back as the normaliser does; same length."""
-    return _MISHEARD_YAO.sub("1", repair_spoken_yao(text))
+    return repair_misheard_yao(repair_spoken_yao(text))
 
 
 def find_pii(text: str) -> list[PiiSpan]:

@@ -313,9 +313,14 @@ def repair_spoken_yao(text: str) -> str:
     return _READING_RUN.sub(repair, text)
 
 
+def repair_misheard_yao(text: str) -> str:
+    """要/腰/妖/邀 next to a long digit run taken for 1 (same length, so offsets into ``text`` still hold)."""
+    return _MISHEARD_YAO.sub("1", text)
+
+
 def join_digit_groups(text: str) -> str:
     """'420 111 1975 1109 2723' → one number: IDs, cards and phones are read and written in groups."""
-    return _MISHEARD_YAO.sub("1", _DIGIT_GROUP_BREAK.sub("", text))
+    return repair_misheard_yao(_DIGIT_GROUP_BREAK.sub("", text))
 
 
 def normalise(raw: str, tokenizer: Tokenizer) -> NormalisedText:
