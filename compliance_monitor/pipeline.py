@@ -36,6 +36,7 @@ from compliance_monitor.messages import (
     AudioChunk,
     CallStarted,
     ControlResult,
+    DisclosureEvent,
     Event,
     Finding,
     FindingEvent,
@@ -303,7 +304,17 @@ class CallSession:
                     if finding.category not in named and svc.policy.is_new(finding):
                         await self._raise(finding, segment_id)
             said.append(_Said(tr.t0, tr.t1, text))
-            self._omissions.observe(tr.speaker, tr.t0, text)
+            for rule, item in self._omissions.observe(tr.speaker, tr.t0, text):
+                await self._publish(
+                    DisclosureEvent(
+                        call_id=self.call_id,
+                        agent_id=self.agent_id,
+                        rule_id=rule.id,
+                        item=item.name,
+                        speaker=tr.speaker,
+                        t0=tr.t0,
+                    )
+                )
         elif self._partial_floor is not None:
             # Serious findings need not wait for the end of a long turn: check the partial hypothesis.
             for finding in svc.rules.detect(tr, text, context):
@@ -383,11 +394,21 @@ class CallSession:
                 source=finding.source,
                 score=finding.score,
                 rule_source=finding.rule_source,
+                suggestion=self._suggestion(finding),
             )
         )
         for action in svc.policy.decide(finding):
             await self._act(action, finding_id)
         return finding_id
+
+    def _suggestion(self, finding: Finding) -> str:
+        """The rule's compliant alternative; a model finding borrows the first one its category's rules give."""
+        rules = self.services.rules.engine.rules
+        rule = rules.get(finding.rule_id)
+        if rule is not None:
+            return rule.suggestion
+        same = (r.suggestion for r in rules.values() if r.category == finding.category and r.suggestion)
+        return next(same, "")
 
     async def _act(self, action: Action, finding_id: int) -> None:
         policy = self.services.settings.policy
