@@ -19,6 +19,7 @@ from compliance_monitor.detect.calls import OmissionTracker
 from compliance_monitor.detect.rulepack import load_pack
 from compliance_monitor.detect.rules import RuleEngine
 from compliance_monitor.messages import CallStarted, Finding, Severity, Speaker, Transcript
+from compliance_monitor.privacy.mask import mask_text
 from compliance_monitor.text.normalise import normalise
 from compliance_monitor.text.tokenise import Tokenizer
 from tests.conftest import REPO, make_settings
@@ -34,6 +35,12 @@ USERS = {
 }
 PHONE = "13812674590"
 LEAK = f"你的手机号是{PHONE}没错吧"
+
+
+def test_a_card_number_at_the_end_of_a_run_is_masked_not_a_crash() -> None:
+    # A 16-digit card ending its run was once windowed as 19 digits: IndexError, a 500 on the auditor's search.
+    assert mask_text("卡号6222021603884755,这些都是你的") == "卡号622*********4755,这些都是你的"
+    assert mask_text("号码13812674590") == "号码138****4590"
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +78,9 @@ async def _seed(path: Path, tokenizer: Tokenizer) -> dict[str, int]:
     for name, (role, agent) in USERS.items():
         await archive.add_user(name, role, agent, HASHER.hash(PASSWORD), "test")
     ids = {}
-    for call_id, agent, text, rule in (
-        ("call-liu", "A-liu", LEAK, "privacy.mobile_number"),
-        ("call-zhao", "A-zhao", "你就是个不要脸的老赖", "abuse.insult"),
+    for call_id, agent, text, rule, category in (
+        ("call-liu", "A-liu", LEAK, "privacy.mobile_number", "privacy_leak"),
+        ("call-zhao", "A-zhao", "你就是个不要脸的老赖", "abuse.insult", "abuse"),
     ):
         await archive.start_call(CallStarted(call_id, agent, "pcm", (Speaker.AGENT,)))
         tr = Transcript(call_id, Speaker.AGENT, 0, text, 1.0, 4.0, True)
@@ -81,7 +88,7 @@ async def _seed(path: Path, tokenizer: Tokenizer) -> dict[str, int]:
         words = PHONE if rule.startswith("privacy") else "不要脸"
         start = text.index(words)
         finding = Finding(
-            call_id, Speaker.AGENT, 0, rule, rule.split(".")[0], Severity.HIGH, words, (start, start + len(words)),
+            call_id, Speaker.AGENT, 0, rule, category, Severity.HIGH, words, (start, start + len(words)),
             1.0, 4.0, "test finding",
         )  # fmt: skip
         ids[call_id] = await archive.add_finding(finding, segment_id)
@@ -153,3 +160,15 @@ def test_the_report_is_masked_carries_the_chain_and_is_audited(client: tuple[Tes
     assert PHONE in admin_page
     readers = [e["actor"] for e in _audit(c, "call-liu", "report")]
     assert readers == ["aud", "adm"]
+
+
+def test_a_category_only_search_finds_the_call_masked(client: tuple[TestClient, dict]) -> None:
+    c, _ = client
+    r = c.get("/api/search", params={"category": "privacy_leak"}, headers=_login(c, "aud"))
+    assert r.status_code == 200, r.text
+    [hit] = r.json()["results"]
+    assert hit["call_id"] == "call-liu" and PHONE not in hit["text"] and "138****4590" in hit["text"]
+    assert (
+        c.get("/api/search", params={"category": "abuse"}, headers=_login(c, "aud")).json()["results"][0]["call_id"]
+        == "call-zhao"
+    )
