@@ -43,9 +43,9 @@ def test_a_card_number_at_the_end_of_a_run_is_masked_not_a_crash() -> None:
     assert mask_text("号码13812674590") == "号码138****4590"
 
 
-@pytest.fixture(scope="module")
-def pack_engine() -> RuleEngine:
-    return RuleEngine([load_pack(REPO / "rules" / "cn_collection.yaml")])
+@pytest.fixture(scope="module", params=["cn_collection", "us_fdcpa"])
+def pack_engine(request: pytest.FixtureRequest) -> RuleEngine:
+    return RuleEngine([load_pack(REPO / "rules" / f"{request.param}.yaml")])
 
 
 def test_every_rule_a_collector_can_break_says_what_to_say_instead(pack_engine: RuleEngine) -> None:
@@ -61,8 +61,9 @@ def test_no_suggestion_breaks_a_rule_itself(pack_engine: RuleEngine, tokenizer: 
         assert not hits, f"{rule.id}'s suggestion {rule.suggestion!r} fires {hits}"
 
 
-def test_the_checklist_ticks_each_item_once_as_it_is_said(pack_engine: RuleEngine, tokenizer: Tokenizer) -> None:
-    tracker = OmissionTracker("c1", pack_engine.omission_rules)
+def test_the_checklist_ticks_each_item_once_as_it_is_said(tokenizer: Tokenizer) -> None:
+    pack = RuleEngine([load_pack(REPO / "rules" / "cn_collection.yaml")])
+    tracker = OmissionTracker("c1", pack.omission_rules)
     first = tracker.observe(Speaker.AGENT, 1.0, normalise("喂，你好，我是老周", tokenizer))
     assert [item.name for _, item in first] == ["催收员身份"]
     again = tracker.observe(Speaker.AGENT, 3.0, normalise("我是瑞丰小额贷款的，来电是为了你逾期的借款", tokenizer))
@@ -82,7 +83,8 @@ async def _seed(path: Path, tokenizer: Tokenizer) -> dict[str, int]:
         ("call-liu", "A-liu", LEAK, "privacy.mobile_number", "privacy_leak"),
         ("call-zhao", "A-zhao", "你就是个不要脸的老赖", "abuse.insult", "abuse"),
     ):
-        await archive.start_call(CallStarted(call_id, agent, "pcm", (Speaker.AGENT,)))
+        started = CallStarted(call_id, agent, "pcm", (Speaker.AGENT,))
+        await archive.start_call(started)
         tr = Transcript(call_id, Speaker.AGENT, 0, text, 1.0, 4.0, True)
         segment_id = await archive.add_segment(tr, normalise(text, tokenizer))
         words = PHONE if rule.startswith("privacy") else "不要脸"
@@ -92,7 +94,7 @@ async def _seed(path: Path, tokenizer: Tokenizer) -> dict[str, int]:
             1.0, 4.0, "test finding",
         )  # fmt: skip
         ids[call_id] = await archive.add_finding(finding, segment_id)
-        await archive.end_call(call_id, "hangup", 10.0)
+        await archive.end_call(call_id, "hangup", started.wall_time + 10.0)
     await archive.aclose()
     return ids
 
