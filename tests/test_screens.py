@@ -8,6 +8,7 @@ import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,10 +16,23 @@ from fastapi.testclient import TestClient
 from compliance_monitor.api.app import create_app
 from compliance_monitor.api.session import HASHER
 from compliance_monitor.archive.sqlite import Archive
+from compliance_monitor.asr.scheduler import AsrScheduler
+from compliance_monitor.bus.memory import InMemoryBus
 from compliance_monitor.detect.calls import OmissionTracker
+from compliance_monitor.detect.engine import RuleSet
 from compliance_monitor.detect.rulepack import load_pack
 from compliance_monitor.detect.rules import RuleEngine
-from compliance_monitor.messages import CallStarted, Finding, Severity, Speaker, Transcript
+from compliance_monitor.messages import (
+    CallStarted,
+    DisclosureEvent,
+    Finding,
+    FindingEvent,
+    Severity,
+    Speaker,
+    Transcript,
+)
+from compliance_monitor.pipeline import CallSession, Services
+from compliance_monitor.policy.engine import PolicyEngine
 from compliance_monitor.privacy.mask import mask_text
 from compliance_monitor.text.normalise import normalise
 from compliance_monitor.text.tokenise import Tokenizer
@@ -174,3 +188,32 @@ def test_a_category_only_search_finds_the_call_masked(client: tuple[TestClient, 
         c.get("/api/search", params={"category": "abuse"}, headers=_login(c, "aud")).json()["results"][0]["call_id"]
         == "call-zhao"
     )
+
+
+async def test_the_session_publishes_each_disclosure_item_once_and_the_suggestion_with_a_finding(
+    tmp_path: Path, tokenizer: Tokenizer
+) -> None:
+    from tests.test_pipeline import NoBridge, drain  # the analysis side driven with transcripts, as there
+
+    settings = make_settings(tmp_path, rules={"packs": ["cn_collection"], "extra_files": [], "watch": False})
+    archive = Archive(settings.archive.path, tokenizer.cut_for_search)
+    await archive.open()
+    rules = RuleSet(settings.rules)
+    bus = InMemoryBus()
+    services = Services(
+        settings, cast(AsrScheduler, None), tokenizer, rules, PolicyEngine(settings.policy), archive, bus
+    )
+    started = CallStarted("c1", "A-liu", "pcm", (Speaker.AGENT, Speaker.CUSTOMER))
+    await archive.start_call(started)
+    session = CallSession(started, services, NoBridge())
+    feed = bus.subscribe(lambda _event: True, replay_live=False)
+    lines = ["喂，你好，我是老周", "我是瑞丰小额贷款的，来电是为了你逾期的借款", "我是老周，你就是个不要脸的老赖"]
+    for n, text in enumerate(lines):
+        await session.analyse(Transcript("c1", Speaker.AGENT, n, text, 2.0 * n, 2.0 * n + 1.5, True))
+    events = drain(feed)
+    await archive.aclose()
+    ticks = [(e.item, e.t0) for e in events if isinstance(e, DisclosureEvent)]
+    assert ticks == [("催收员身份", 0.0), ("所属机构", 2.0), ("来电目的", 2.0)]
+    [insult] = [e for e in events if isinstance(e, FindingEvent)]
+    assert insult.rule_id == "abuse.insult" and insult.suggestion == rules.engine.rules["abuse.insult"].suggestion
+    assert insult.suggestion
