@@ -213,6 +213,17 @@ class FindingEvent(_EventBase):
     source: Literal["rule", "model"]
     score: float
     rule_source: str = Field("", description="the document and clause the rule enforces; empty for model findings")
+    suggestion: str = Field("", description="what the collector could say instead (the rule's `suggestion`)")
+
+
+class DisclosureEvent(_EventBase):
+    """One item the collector must say early in the call (an omission rule's ``required``) was just said."""
+
+    type: Literal["disclosure"] = "disclosure"
+    rule_id: str
+    item: str = Field(description="the required item's name, as the pack names it (催收员身份, 所属机构…)")
+    speaker: Speaker
+    t0: float = Field(description="stream time of the segment that said it")
 
 
 class FindingWithdrawnEvent(_EventBase):
@@ -273,6 +284,7 @@ Event = Annotated[
     | TranscriptEvent
     | FindingEvent
     | FindingWithdrawnEvent
+    | DisclosureEvent
     | ActionEvent
     | ActionOutcomeEvent
     | MonitoringLostEvent

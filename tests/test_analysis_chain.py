@@ -79,6 +79,10 @@ def segment(tr: Transcript, tokenizer: Tokenizer) -> Segment:
     return Segment(tr, normalise(tr.text, tokenizer), 1 if tr.final else None, ())
 
 
+async def _ignore(event: object) -> None:
+    pass
+
+
 def _finding(rule: str, segment_no: int, category: str = "threat") -> Finding:
     return Finding("c1", Speaker.AGENT, segment_no, rule, category, Severity.HIGH, "x", (0, 1), 0.0, 1.0, "")
 
@@ -156,9 +160,9 @@ async def test_omissions_are_due_at_the_end_only_of_a_call_that_carried_speech(
     settings = make_settings(tmp_path, rules={"packs": ["cn_collection"]})
     rules = RuleSet(settings.rules).engine.omission_rules
     assert rules, "the pack has mandatory disclosures"
-    silent = await run_stage(OmissionStage(OmissionTracker("c1", rules)), [], flush=True)
+    silent = await run_stage(OmissionStage("c1", "a1", OmissionTracker("c1", rules), _ignore), [], flush=True)
     assert silent == []
     hello = segment(said(1, "喂你好", True), tokenizer)
-    spoke = await run_stage(OmissionStage(OmissionTracker("c1", rules)), [hello], flush=True)
+    spoke = await run_stage(OmissionStage("c1", "a1", OmissionTracker("c1", rules), _ignore), [hello], flush=True)
     assert spoke and all(isinstance(f, Candidate) for f in spoke)
     assert {f.finding.rule_id for f in spoke if isinstance(f, Candidate)} == {r.id for r in rules}

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from compliance_monitor.analysis.chain import Stage
 from compliance_monitor.analysis.frames import Candidate, Confirmed, Frame, Raised, Withdrawn
 from compliance_monitor.archive.sqlite import Archive
+from compliance_monitor.detect.engine import RuleSet
 from compliance_monitor.messages import Event, Finding, FindingEvent, FindingWithdrawnEvent
 
 WITHDRAWN = "最终转写未出现该内容（部分转写听错或已修正）"  # why a finding raised on a partial is withdrawn
@@ -19,8 +20,9 @@ def _key(finding: Finding) -> tuple[str, str, int]:
 
 
 class RaiseStage(Stage):
-    def __init__(self, call_id: str, agent_id: str, archive: Archive, publish: Publish) -> None:
+    def __init__(self, call_id: str, agent_id: str, rules: RuleSet, archive: Archive, publish: Publish) -> None:
         self._call_id, self._agent_id = call_id, agent_id
+        self._rules = rules
         self._archive, self._publish = archive, publish
         self._provisional_ids: dict[tuple[str, str, int], int] = {}  # a partial's finding → its archive id
 
@@ -60,9 +62,19 @@ class RaiseStage(Stage):
                 source=finding.source,
                 score=finding.score,
                 rule_source=finding.rule_source,
+                suggestion=self._suggestion(finding),
             )
         )
         return finding_id
+
+    def _suggestion(self, finding: Finding) -> str:
+        """The rule's compliant alternative; a model finding borrows the first one its category's rules give."""
+        rules = self._rules.engine.rules
+        rule = rules.get(finding.rule_id)
+        if rule is not None:
+            return rule.suggestion
+        same = (r.suggestion for r in rules.values() if r.category == finding.category and r.suggestion)
+        return next(same, "")
 
     async def _withdraw(self, finding: Finding) -> None:
         """It stays in the archive, marked withdrawn, and the console and the collector's screen are told."""

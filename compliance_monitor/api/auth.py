@@ -61,6 +61,11 @@ ROUTE_ROLES: dict[tuple[str, str], Grant] = {
     ("POST", "/api/auth/logout"): PUBLIC,
     ("GET", "/api/auth/me"): AUTHENTICATED,
     ("POST", "/api/auth/ticket"): ("collector", "supervisor", "auditor"),
+    # Collector panel and auditor page (api/screens.py). A collector acknowledges only their own call's warnings.
+    ("GET", "/api/disclosure/checklist"): ("collector", "supervisor", "auditor"),
+    ("POST", "/api/warnings/{finding_id}/ack"): ("collector",),
+    ("GET", "/api/calls/{call_id}/acks"): ("collector", "supervisor", "auditor"),
+    ("GET", "/api/calls/{call_id}/report.html"): ("auditor",),  # and admin; audited with the reader
     ("GET", "/login"): PUBLIC,
     ("GET", "/"): PAGE,
     ("GET", "/agent"): PAGE,

@@ -827,6 +827,33 @@ class Archive:
     async def end_session(self, session_hash: str) -> None:
         await self._write(lambda db: db.execute("DELETE FROM sessions WHERE session_hash = ?", (session_hash,)))
 
+    # ------------------------------------------------------------------ collector screen (issue 18)
+
+    async def finding_owner(self, finding_id: int) -> dict[str, Any] | None:
+        """The call a finding belongs to and that call's agent: who may acknowledge the warning."""
+
+        def read(db: sqlite3.Connection) -> dict[str, Any] | None:
+            row = db.execute(
+                "SELECT f.finding_id, f.call_id, f.rule_id, f.category, f.severity, f.withdrawn_at, c.agent_id "
+                "FROM findings f JOIN calls c ON c.call_id = f.call_id WHERE f.finding_id = ?",
+                (finding_id,),
+            ).fetchone()
+            return dict(row) if row else None
+
+        return await self._read(read)
+
+    async def audit_refs(self, kind: str, call_id: str) -> dict[str, dict[str, Any]]:
+        """ref_id -> {actor, created_at} of a call's audit entries of one kind (e.g. which warnings were acked)."""
+
+        def read(db: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+            rows = db.execute(
+                "SELECT ref_id, actor, created_at FROM audit WHERE kind = ? AND call_id = ? ORDER BY audit_id",
+                (kind, call_id),
+            ).fetchall()
+            return {r["ref_id"]: {"actor": r["actor"], "created_at": r["created_at"]} for r in rows}
+
+        return await self._read(read)
+
     async def search(
         self,
         query: str | None,

@@ -49,13 +49,18 @@ class OmissionTracker:
     def __post_init__(self) -> None:
         self._pending = [_Pending(r, list(r.required)) for r in self.rules]
 
-    def observe(self, speaker: Speaker, t0: float, text: NormalisedText) -> None:
+    def observe(self, speaker: Speaker, t0: float, text: NormalisedText) -> list[tuple[Rule, RequiredItem]]:
+        """Cross off what ``text`` says; returns the items said for the first time (the collector's checklist)."""
+        said = []
         for p in self._pending:
             if p.fired or p.rule.speaker not in ("both", speaker.value):
                 continue
             if p.rule.within_s is not None and t0 > p.rule.within_s:
                 continue  # said too late: still an omission
-            p.missing = [item for item in p.missing if not _satisfied(item, text.text)]
+            now_said = [item for item in p.missing if _satisfied(item, text.text)]
+            p.missing = [item for item in p.missing if item not in now_said]
+            said += [(p.rule, item) for item in now_said]
+        return said
 
     def due(self, now: float, *, call_over: bool = False) -> list[Finding]:
         """Findings for rules whose deadline has passed with items still unsaid (each fires once)."""

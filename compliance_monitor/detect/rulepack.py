@@ -141,6 +141,11 @@ class Rule(_Strict):
     max_calls_per_day: int | None = Field(None, ge=1)
     explanation: Explanation
     action: ActionKind | None = None
+    suggestion: str = Field(
+        "",
+        description="what the collector could say instead: a compliant phrase shown with the warning (every rule a "
+        "collector can break has one)",
+    )
     enabled: bool = True
     examples: Examples = Field(default_factory=Examples)
     source: str = Field(

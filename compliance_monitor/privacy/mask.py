@@ -168,12 +168,17 @@ def _typed_windows(digits: str) -> list[tuple[int, int, str]]:
 
 
 def _window_at(digits: str, i: int) -> tuple[int, str] | None:
-    if valid_id_card(digits[i : i + 18]):
+    # A window must fit in the run: a slice past its end is shorter, and a 16-digit card read as "19 digits"
+    # would end past the run's last position.
+    def fits(n: int) -> bool:
+        return i + n <= len(digits)
+
+    if fits(18) and valid_id_card(digits[i : i + 18]):
         return i + 18, "id_card"
     for n in (19, 18, 17, 16):
-        if valid_bank_card(digits[i : i + n]):
+        if fits(n) and valid_bank_card(digits[i : i + n]):
             return i + n, "bank_card"
-    if valid_mobile(digits[i : i + 11]):
+    if fits(11) and valid_mobile(digits[i : i + 11]):
         return i + 11, "mobile"
     return None
 
