@@ -268,6 +268,17 @@ class ErrorEvent(_EventBase):
     message: str
 
 
+class AlertUpdatedEvent(_EventBase):
+    """A supervisor acknowledged, assigned, resolved or annotated an alert (one alert per finding): every open
+    console shows the new state. ``agent_id`` stays empty, so collectors' feeds never carry supervisors' notes."""
+
+    type: Literal["alert_updated"] = "alert_updated"
+    alert_id: int = Field(description="the finding's id")
+    change: Literal["acknowledged", "assigned", "resolved", "note"]
+    actor: str
+    alert: dict[str, Any] = Field(description="the alert as GET /api/alerts returns it (masked)")
+
+
 Event = Annotated[
     CallStartedEvent
     | TranscriptEvent
@@ -277,6 +288,7 @@ Event = Annotated[
     | ActionOutcomeEvent
     | MonitoringLostEvent
     | CallEndedEvent
-    | ErrorEvent,
+    | ErrorEvent
+    | AlertUpdatedEvent,
     Field(discriminator="type"),
 ]

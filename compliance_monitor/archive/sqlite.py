@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from compliance_monitor.archive import audit
+from compliance_monitor.archive.alerts import ALERT_TABLES, AlertArchive
 from compliance_monitor.archive.search import MAX_ID, Cursor, Filters, Tier, choose_drive, id_bounds, page_sql, tiers
 from compliance_monitor.archive.textindex import grams
 from compliance_monitor.messages import Action, CallStarted, Finding, NormalisedText, Transcript
@@ -148,7 +149,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-class Archive:
+class Archive(AlertArchive):
     def __init__(
         self,
         path: Path,
@@ -235,6 +236,7 @@ class Archive:
         if not had_grams:
             _index_grams(db)
         db.execute("DROP TABLE IF EXISTS segments_fts")  # jieba-token index of older archives
+        _run_script(db, ALERT_TABLES)  # alert state and notes (archive.alerts)
         _run_script(db, INDEXES)
 
     async def aclose(self) -> None:
