@@ -213,6 +213,11 @@ class FindingEvent(_EventBase):
     source: Literal["rule", "model"]
     score: float
     rule_source: str = Field("", description="the document and clause the rule enforces; empty for model findings")
+    confirmed_by_final: bool = Field(
+        False,
+        description="re-sent when the final transcript confirms a finding raised on a partial: the same finding_id, "
+        "quoting the final's words (matched_text, span, t0/t1)",
+    )
 
 
 class FindingWithdrawnEvent(_EventBase):

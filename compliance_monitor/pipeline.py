@@ -292,7 +292,9 @@ class CallSession:
             for finding in rule_findings:
                 key = (finding.rule_id, finding.speaker.value, finding.segment_no)
                 if (partial := self._from_partials.pop(key, None)) is not None:
-                    await svc.archive.link_finding(partial[0], segment_id)  # the final confirms it
+                    # The final confirms it: the finding now quotes the final's words, which the archive holds.
+                    await svc.archive.link_finding(partial[0], segment_id, finding)
+                    await self._publish(self._finding_event(finding, partial[0], confirmed_by_final=True))
                 elif svc.policy.is_new(finding):
                     await self._raise(finding, segment_id)
             await self._withdraw_unconfirmed(tr)
@@ -364,30 +366,32 @@ class CallSession:
     async def _raise(self, finding: Finding, segment_id: int | None) -> int:
         svc = self.services
         finding_id = await svc.archive.add_finding(finding, segment_id)
-        await self._publish(
-            FindingEvent(
-                call_id=self.call_id,
-                agent_id=self.agent_id,
-                finding_id=finding_id,
-                speaker=finding.speaker,
-                segment_no=finding.segment_no,
-                rule_id=finding.rule_id,
-                category=finding.category,
-                severity=finding.severity,
-                matched_text=finding.matched_text,
-                span=finding.span,
-                t0=finding.t0,
-                t1=finding.t1,
-                explanation=finding.explanation,
-                collector_explanation=finding.collector_explanation,
-                source=finding.source,
-                score=finding.score,
-                rule_source=finding.rule_source,
-            )
-        )
+        await self._publish(self._finding_event(finding, finding_id))
         for action in svc.policy.decide(finding):
             await self._act(action, finding_id)
         return finding_id
+
+    def _finding_event(self, finding: Finding, finding_id: int, confirmed_by_final: bool = False) -> FindingEvent:
+        return FindingEvent(
+            call_id=self.call_id,
+            agent_id=self.agent_id,
+            finding_id=finding_id,
+            speaker=finding.speaker,
+            segment_no=finding.segment_no,
+            rule_id=finding.rule_id,
+            category=finding.category,
+            severity=finding.severity,
+            matched_text=finding.matched_text,
+            span=finding.span,
+            t0=finding.t0,
+            t1=finding.t1,
+            explanation=finding.explanation,
+            collector_explanation=finding.collector_explanation,
+            source=finding.source,
+            score=finding.score,
+            rule_source=finding.rule_source,
+            confirmed_by_final=confirmed_by_final,
+        )
 
     async def _act(self, action: Action, finding_id: int) -> None:
         policy = self.services.settings.policy

@@ -87,7 +87,7 @@ async def test_a_partial_finding_the_final_does_not_bear_out_is_withdrawn(sessio
     await session.analyse(said(5, "", final=True))
 
     events = drain(feed)
-    raised = {e.segment_no: e.finding_id for e in events if isinstance(e, FindingEvent)}
+    raised = {e.segment_no: e.finding_id for e in events if isinstance(e, FindingEvent) and not e.confirmed_by_final}
     withdrawn = [e for e in events if isinstance(e, FindingWithdrawnEvent)]
     assert sorted(raised) == [3, 4, 5]  # each raised once, on its partial
     assert [(e.segment_no, e.finding_id) for e in withdrawn] == [(3, raised[3]), (5, raised[5])]
@@ -106,6 +106,25 @@ async def test_a_partial_finding_the_final_does_not_bear_out_is_withdrawn(sessio
     # the feeds that showed segment 5's partial are told it ended with nothing said
     (ended_empty,) = [e for e in events if isinstance(e, TranscriptEvent) and e.final and e.segment_no == 5]
     assert ended_empty.text == "" and ended_empty.segment_id is None
+
+
+async def test_a_confirmed_finding_quotes_the_final_words_in_its_event_and_the_archive(session: CallSession) -> None:
+    feed = cast(InMemoryBus, session.services.bus).subscribe(lambda _event: True, replay_live=False)
+    await session.analyse(said(2, "你再不还我们就派人上门", final=False))  # the partial: 派人上门
+    await session.analyse(said(2, "你再不还我们就派人去你家", final=True))  # the final, same rule: 去你家
+
+    found = [e for e in drain(feed) if isinstance(e, FindingEvent)]
+    assert [(e.matched_text, e.confirmed_by_final) for e in found] == [("派人上门", False), ("去你家", True)]
+    assert found[0].finding_id == found[1].finding_id  # the same finding, not a second one
+    call = await session.services.archive.get_call("c1")
+    assert call is not None
+    (row,) = call["findings"]
+    (segment,) = call["segments"]
+    assert row["matched_text"] == "去你家" and row["matched_text"] in segment["text"]
+    assert (row["span_start"], row["span_end"]) == found[1].span
+    # the row no longer says what its 'finding' entry says; the 'finding_confirmed' entry records the change
+    report = await session.services.archive.verify_report()
+    assert report["ok"], report
 
 
 async def test_an_empty_final_of_a_segment_nobody_saw_publishes_nothing(session: CallSession) -> None:
