@@ -6,15 +6,28 @@ Screenshots: var/test-artifacts/screenshots/console-*.png."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.async_api import Page, expect
 
+from compliance_monitor.archive.sqlite import Archive
 from compliance_monitor.ingest.replay import replay
+from compliance_monitor.messages import (
+    Action,
+    ActionKind,
+    CallStarted,
+    Finding,
+    NormalisedText,
+    Severity,
+    Speaker,
+    Transcript,
+)
 from tests.browser import login, open_page, page_errors, screenshot
 from tests.conftest import SHARED, LiveServer, make_settings, seed_people
+from tests.fakes import FakeDecoder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.browser]
 
@@ -109,3 +122,119 @@ async def _json(page: Page, path: str) -> dict[str, Any]:
     assert r.ok, (path, r.status)
     body: dict[str, Any] = await r.json()
     return body
+
+
+# ---------------------------------------------------------------- a console opened after the calls ended
+
+OLD_CALL = "ended-before-open"
+LINES = 30
+
+
+async def _seed_ended_call(path: Path) -> None:
+    """A call that ended before any console opened: 30 lines, a threat on the last (critical), and a call-level
+    calling-hours finding; team "east"."""
+    archive = Archive(path, lambda text: [])
+    await archive.open()
+    started = CallStarted(OLD_CALL, "A-77", "pcm", (Speaker.AGENT, Speaker.CUSTOMER), {"team": "east"})
+    await archive.start_call(started)
+    said = [
+        (
+            Transcript(OLD_CALL, Speaker.AGENT, n, f"第{n}句 请您尽快还款", 2.0 * n, 2.0 * n + 1.5, True),
+            f"第{n}句请您尽快还款",
+        )
+        for n in range(LINES - 1)
+    ]
+    last = "你再不还钱我们就派人去你家"
+    said.append((Transcript(OLD_CALL, Speaker.AGENT, LINES - 1, last, 2.0 * LINES, 2.0 * LINES + 2, True), last))
+    ids = await archive.add_segments([(tr, NormalisedText(tr.text, text, text, ())) for tr, text in said])
+    threat = Finding(
+        OLD_CALL,
+        Speaker.AGENT,
+        LINES - 1,
+        "threat.visit_home_or_work",
+        "threat",
+        Severity.CRITICAL,
+        "去你家",
+        (10, 13),
+        2.0 * LINES,
+        2.0 * LINES + 2,
+        "威胁上门",
+    )
+    finding_id = await archive.add_finding(threat, ids[-1])
+    await archive.add_action(Action(OLD_CALL, ActionKind.ALERT_SUPERVISOR, threat, "威胁"), finding_id)
+    hours = Finding(
+        OLD_CALL,
+        Speaker.AGENT,
+        0,
+        "hours.outside_window",
+        "calling_hours",
+        Severity.WARN,
+        "23:10",
+        (0, 0),
+        0,
+        0,
+        "在债务人当地 22:00–08:00 之间拨打催收电话",
+    )
+    await archive.add_finding(hours, None)
+    await archive.end_call(OLD_CALL, "hangup", time.time(), "speech")
+    await archive.aclose()
+
+
+async def test_a_console_opened_later_shows_ended_calls_critical_alerts_and_hides_what_a_role_cannot_do(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path, rules={"packs": [], "extra_files": [], "watch": False})
+    users = {"sup": ("supervisor", None), "aud": ("auditor", None)}
+    await seed_people(settings.archive.path, users, PASSWORD, BRIDGE_TOKEN)
+    await _seed_ended_call(settings.archive.path)
+    with LiveServer(settings, FakeDecoder) as server:
+        async with open_page(server.http) as page:
+            await login(page, "aud", PASSWORD)
+            await _auditor_sees_the_ended_call_read_only(page)
+            assert page_errors(page) == []
+        async with open_page(server.http) as page:
+            await login(page, "sup", PASSWORD)
+            await _supervisor_acknowledges_the_critical_alert_and_filters(page)
+            assert page_errors(page) == []
+
+
+async def _auditor_sees_the_ended_call_read_only(page: Page) -> None:
+    ended = page.locator(f'#ended-calls li[data-call-id="{OLD_CALL}"]')
+    await expect(ended).to_be_visible()
+    await expect(page.locator("#critical-banner")).to_be_visible()  # the critical alert nobody acknowledged
+    await expect(page.locator("#critical-count")).to_have_text("1")
+    alert = page.locator('#alerts li.finding[data-severity="critical"]')
+    await expect(alert.locator(".alert-title")).to_have_text("威胁恐吓 · Threat")
+    await expect(alert.locator(".alert-actions li")).to_have_count(1)
+    await expect(alert.locator(".ack-btn")).to_be_hidden()  # an auditor reads; only supervisors act
+    await ended.click()
+    card = page.locator(f'.call-card[data-call-id="{OLD_CALL}"]')
+    await expect(card.locator(".line")).to_have_count(LINES)
+    await expect(card.locator(".halt-btn")).to_be_hidden()
+    # the card is titled by what was found, in words; the raw category id is nowhere on it
+    await expect(card.locator(".call-findings .tag")).to_have_text("非催收时段 · Outside permitted calling hours")
+    await expect(card.locator(".line").last.locator("mark")).to_have_text("去你家")
+    box = f'.call-card[data-call-id="{OLD_CALL}"] .transcript'
+    at_end = "b => { const e = document.querySelector(b); return e.scrollHeight - e.scrollTop - e.clientHeight < 5 }"
+    await page.wait_for_function(at_end, arg=box)  # its last lines show, not its first
+    await page.evaluate("CMConsole.onEvent({type: 'events_missed', call_id: '', missed: 4, ts: Date.now() / 1000})")
+    await expect(page.locator("#gap-banner")).to_contain_text("4 live events were not delivered")
+    await screenshot(page, "console-06-auditor-ended-call")
+
+
+async def _supervisor_acknowledges_the_critical_alert_and_filters(page: Page) -> None:
+    alert = page.locator('#alerts li.finding[data-severity="critical"]')
+    await expect(page.locator("#critical-banner")).to_be_visible()
+    await alert.locator(".ack-btn").click()
+    await expect(alert).to_have_attribute("data-status", "acknowledged")
+    await expect(page.locator("#critical-banner")).to_be_hidden()
+    await alert.locator("summary").click()
+    await alert.locator('input[aria-label="note"]').fill("已联系坐席组长")
+    await alert.locator('input[aria-label="note"]').press("Enter")
+    await expect(alert.locator(".alert-notes li")).to_contain_text("sup")
+    await page.select_option("#f-severity", "critical")
+    await expect(page.locator('#alerts li.finding[data-severity="warn"]')).to_be_hidden()
+    await expect(alert).to_be_visible()
+    await page.select_option("#f-team", "east")
+    await expect(page.locator(f'#ended-calls li[data-call-id="{OLD_CALL}"]')).to_be_visible()
+    await screenshot(page, "console-07-supervisor-acknowledged")

@@ -50,7 +50,8 @@ async def _stream(ws: WebSocket, accept: EventFilter) -> None:
         async for event in subscription:
             if subscription.dropped > told:
                 missed, told = subscription.dropped - told, subscription.dropped
-                await ws.send_text(json.dumps({"type": "events_missed", "call_id": "", "missed": missed, "ts": time.time()}))
+                notice = {"type": "events_missed", "call_id": "", "missed": missed, "ts": time.time()}
+                await ws.send_text(json.dumps(notice))
             await ws.send_text(event.model_dump_json())
 
     async def receive() -> None:
