@@ -201,15 +201,19 @@ async def test_a_console_opened_later_shows_ended_calls_critical_alerts_and_hide
 async def _auditor_sees_the_ended_call_read_only(page: Page) -> None:
     ended = page.locator(f'#ended-calls li[data-call-id="{OLD_CALL}"]')
     await expect(ended).to_be_visible()
+    await expect(ended.locator(".n-findings")).to_have_text("⚠ 2")
+    await expect(page.locator("#pick-hint")).to_be_visible()  # no live call: the page says what to do
     await expect(page.locator("#critical-banner")).to_be_visible()  # the critical alert nobody acknowledged
     await expect(page.locator("#critical-count")).to_have_text("1")
     alert = page.locator('#alerts li.finding[data-severity="critical"]')
     await expect(alert.locator(".alert-title")).to_have_text("威胁恐吓 · Threat")
     await expect(alert.locator(".alert-actions li")).to_have_count(1)
+    assert "null" not in await page.locator("#alerts").inner_text()
     await expect(alert.locator(".ack-btn")).to_be_hidden()  # an auditor reads; only supervisors act
     await ended.click()
     card = page.locator(f'.call-card[data-call-id="{OLD_CALL}"]')
     await expect(card.locator(".line")).to_have_count(LINES)
+    await expect(ended.locator(".n-findings")).to_have_text("⚠ 2")  # the archive's findings, counted once
     await expect(card.locator(".halt-btn")).to_be_hidden()
     # the card is titled by what was found, in words; the raw category id is nowhere on it
     await expect(card.locator(".call-findings .tag")).to_have_text("非催收时段 · Outside permitted calling hours")
