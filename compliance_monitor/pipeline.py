@@ -426,8 +426,9 @@ class CallSession:
             prompt = action.finding.collector_explanation or action.reason
             self._spawn(self._warn(action_id, prompt))
 
-    async def halt(self, reason: str, actor: str) -> Outcome | None:
-        """A supervisor's halt: archived and published, then the bridge ends the phone call.
+    async def halt(self, reason: str, actor: str, finding_id: int | None = None) -> Outcome | None:
+        """A supervisor's halt: archived and published, then the bridge ends the phone call. ``finding_id``: the
+        finding whose recommended halt this confirms (the action then belongs to that finding's alert).
 
         Returns the bridge's outcome, or None when a hangup is already under way. When the bridge cannot end
         the call (failed, not supported) the call is still live and still monitored, and may be halted again.
@@ -436,7 +437,7 @@ class CallSession:
             return None
         self.halting = True  # before the first await: two clicks send one hangup
         action_id = await self.services.archive.add_manual_action(
-            self.call_id, ActionKind.HALT_CALL.value, reason, None, actor, Outcome.PENDING
+            self.call_id, ActionKind.HALT_CALL.value, reason, finding_id, actor, Outcome.PENDING
         )
         await self._publish(
             ActionEvent(
@@ -444,7 +445,7 @@ class CallSession:
                 agent_id=self.agent_id,
                 action_id=action_id,
                 action=ActionKind.HALT_CALL,
-                finding_id=None,
+                finding_id=finding_id,
                 category=None,
                 severity=None,
                 reason=f"{actor}: {reason}",

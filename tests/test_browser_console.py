@@ -109,9 +109,13 @@ async def _watch_acknowledge_and_halt(page: Page, call: asyncio.Task[Any]) -> No
     assert result.closed_code == 1000, result.closed_code  # the bridge side: hung up by the monitor
     assert any(m.get("event") == "halt" for m in result.server_messages), result.server_messages
     await expect(card.locator(".call-status")).to_contain_text("已结束", timeout=30_000)
+    # the confirmed halt is inside the alert whose recommendation it confirmed, not a row of its own
+    halt = page.locator(f'#alerts li[data-alert-id="{alert_id}"] .alert-actions li[data-action="halt_call"]')
+    await expect(halt.filter(has_text="已完成 done")).to_have_count(1)
+    assert await page.locator(f'#alerts li.action[data-call-id="{CALL_ID}"]').count() == 0
     detail = await _json(page, f"/api/calls/{CALL_ID}")
     halts = [a for a in detail["actions"] if a["action"] == "halt_call" and a["actor"] == "sup"]
-    assert halts and halts[0]["outcome"] == "done"
+    assert halts and halts[0]["outcome"] == "done" and str(halts[0]["finding_id"]) == alert_id
     await expect(page.locator(f'#ended-calls li[data-call-id="{CALL_ID}"]')).to_be_visible()
     await screenshot(page, "console-05-halted")
 

@@ -89,6 +89,16 @@ class AlertArchive:
         await self._write(write)
         return await self._one_alert(finding_id)
 
+    async def alert_call(self, finding_id: int) -> str | None:
+        """The call a finding (alert) belongs to; None when there is no such finding."""
+
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT call_id FROM findings WHERE finding_id = ?", (finding_id,)).fetchone()
+            return None if row is None else str(row["call_id"])
+
+        found: str | None = await self._read(read)
+        return found
+
     async def list_alerts(
         self,
         *,
