@@ -112,6 +112,7 @@ async def _watch_acknowledge_and_halt(page: Page, call: asyncio.Task[Any]) -> No
     # the confirmed halt is inside the alert whose recommendation it confirmed, not a row of its own
     halt = page.locator(f'#alerts li[data-alert-id="{alert_id}"] .alert-actions li[data-action="halt_call"]')
     await expect(halt.filter(has_text="已完成 done")).to_have_count(1)
+    await expect(page.locator(f'#alerts li[data-alert-id="{alert_id}"]')).not_to_contain_text("awaiting")
     assert await page.locator(f'#alerts li.action[data-call-id="{CALL_ID}"]').count() == 0
     detail = await _json(page, f"/api/calls/{CALL_ID}")
     halts = [a for a in detail["actions"] if a["action"] == "halt_call" and a["actor"] == "sup"]
