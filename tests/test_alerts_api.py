@@ -21,7 +21,12 @@ from tests.conftest import make_settings, seed_people
 from tests.fakes import FakeDecoder
 
 PASSWORD = "correct horse"
-USERS = {"col": ("collector", "A1"), "sup": ("supervisor", None), "aud": ("auditor", None), "adm": ("admin", None)}
+USERS: dict[str, tuple[str, str | None]] = {
+    "col": ("collector", "A1"),
+    "sup": ("supervisor", None),
+    "aud": ("auditor", None),
+    "adm": ("admin", None),
+}
 ID_NUMBER = "110105194912310025"  # a valid 居民身份证 number (check digit and birth date)
 
 
@@ -69,7 +74,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[int]
 
 
 def _login(client: TestClient) -> dict[str, dict[str, str]]:
-    headers = {"anonymous": {}}
+    headers: dict[str, dict[str, str]] = {"anonymous": {}}
     for name, (role, _) in USERS.items():
         r = client.post("/api/auth/login", json={"username": name, "password": PASSWORD})
         assert r.status_code == 200, r.text
@@ -175,6 +180,7 @@ def test_every_change_is_audited_with_the_person_and_published_to_consoles(
         note = client.post(f"/api/alerts/{alert}/notes", headers=headers["admin"], json={"text": "called the agent"})
         assert [(n["author"], n["text"]) for n in note.json()["notes"]] == [("adm", "called the agent")]
         assert _next_alert_event(ws)["change"] == "note"
+        ws.close()  # as a browser leaving would
     path = setup[0].archive.path
     ack = [r for r in _audit_rows(path, "alert_acknowledged") if r["ref_id"] == str(alert)]
     assert ack and ack[-1]["actor"] == "sup" and ack[-1]["call_id"] == "c1"

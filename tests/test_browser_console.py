@@ -189,7 +189,7 @@ async def test_a_console_opened_later_shows_ended_calls_critical_alerts_and_hide
     tmp_path: Path,
 ) -> None:
     settings = make_settings(tmp_path, rules={"packs": [], "extra_files": [], "watch": False})
-    users = {"sup": ("supervisor", None), "aud": ("auditor", None)}
+    users: dict[str, tuple[str, str | None]] = {"sup": ("supervisor", None), "aud": ("auditor", None)}
     await seed_people(settings.archive.path, users, PASSWORD, BRIDGE_TOKEN)
     await _seed_ended_call(settings.archive.path)
     with LiveServer(settings, FakeDecoder) as server:

@@ -110,7 +110,8 @@ class AlertArchive:
         limit: int = 50,
     ) -> tuple[list[dict[str, Any]], int | None]:
         """Alerts newest first, and the ``before`` for the next page (None: no more)."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if status is not None:
             where.append("COALESCE(s.status, 'open') = ?")
             args.append(status)
