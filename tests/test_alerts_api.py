@@ -180,6 +180,9 @@ def test_every_change_is_audited_with_the_person_and_published_to_consoles(
         note = client.post(f"/api/alerts/{alert}/notes", headers=headers["admin"], json={"text": "called the agent"})
         assert [(n["author"], n["text"]) for n in note.json()["notes"]] == [("adm", "called the agent")]
         assert _next_alert_event(ws)["change"] == "note"
+        client.post(f"/api/alerts/{ids[1]}/ack", headers=headers["admin"])  # an admin sees the number...
+        published = _next_alert_event(ws)["alert"]["matched_text"]
+        assert ID_NUMBER not in published and "110***********0025" in published  # ...the bus never carries it
         ws.close()  # as a browser leaving would
     path = setup[0].archive.path
     ack = [r for r in _audit_rows(path, "alert_acknowledged") if r["ref_id"] == str(alert)]
