@@ -213,11 +213,21 @@ class FindingEvent(_EventBase):
     source: Literal["rule", "model"]
     score: float
     rule_source: str = Field("", description="the document and clause the rule enforces; empty for model findings")
-    confirmed_by_final: bool = Field(
-        False,
-        description="re-sent when the final transcript confirms a finding raised on a partial: the same finding_id, "
-        "quoting the final's words (matched_text, span, t0/t1)",
-    )
+
+
+class FindingConfirmedEvent(_EventBase):
+    """A finding raised on a partial transcript that the segment's final bears out: from now on it quotes the
+    final's words (which the archived segment holds; the partial's may not be in it)."""
+
+    type: Literal["finding_confirmed"] = "finding_confirmed"
+    finding_id: int
+    speaker: Speaker
+    segment_no: int
+    segment_id: int | None = Field(None, description="the final's archive row")
+    matched_text: str
+    span: tuple[int, int]
+    t0: float
+    t1: float
 
 
 class FindingWithdrawnEvent(_EventBase):
@@ -288,6 +298,7 @@ Event = Annotated[
     CallStartedEvent
     | TranscriptEvent
     | FindingEvent
+    | FindingConfirmedEvent
     | FindingWithdrawnEvent
     | ActionEvent
     | ActionOutcomeEvent

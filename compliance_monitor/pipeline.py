@@ -38,6 +38,7 @@ from compliance_monitor.messages import (
     ControlResult,
     Event,
     Finding,
+    FindingConfirmedEvent,
     FindingEvent,
     FindingWithdrawnEvent,
     MonitoringLostEvent,
@@ -294,7 +295,7 @@ class CallSession:
                 if (partial := self._from_partials.pop(key, None)) is not None:
                     # The final confirms it: the finding now quotes the final's words, which the archive holds.
                     await svc.archive.link_finding(partial[0], segment_id, finding)
-                    await self._publish(self._finding_event(finding, partial[0], confirmed_by_final=True))
+                    await self._publish(self._confirmed_event(finding, partial[0], segment_id))
                 elif svc.policy.is_new(finding):
                     await self._raise(finding, segment_id)
             await self._withdraw_unconfirmed(tr)
@@ -371,7 +372,21 @@ class CallSession:
             await self._act(action, finding_id)
         return finding_id
 
-    def _finding_event(self, finding: Finding, finding_id: int, confirmed_by_final: bool = False) -> FindingEvent:
+    def _confirmed_event(self, final: Finding, finding_id: int, segment_id: int | None) -> FindingConfirmedEvent:
+        return FindingConfirmedEvent(
+            call_id=self.call_id,
+            agent_id=self.agent_id,
+            finding_id=finding_id,
+            speaker=final.speaker,
+            segment_no=final.segment_no,
+            segment_id=segment_id,
+            matched_text=final.matched_text,
+            span=final.span,
+            t0=final.t0,
+            t1=final.t1,
+        )
+
+    def _finding_event(self, finding: Finding, finding_id: int) -> FindingEvent:
         return FindingEvent(
             call_id=self.call_id,
             agent_id=self.agent_id,
@@ -390,7 +405,6 @@ class CallSession:
             source=finding.source,
             score=finding.score,
             rule_source=finding.rule_source,
-            confirmed_by_final=confirmed_by_final,
         )
 
     async def _act(self, action: Action, finding_id: int) -> None:

@@ -18,6 +18,7 @@ from compliance_monitor.messages import (
     CallStarted,
     ControlResult,
     Event,
+    FindingConfirmedEvent,
     FindingEvent,
     FindingWithdrawnEvent,
     Outcome,
@@ -87,7 +88,7 @@ async def test_a_partial_finding_the_final_does_not_bear_out_is_withdrawn(sessio
     await session.analyse(said(5, "", final=True))
 
     events = drain(feed)
-    raised = {e.segment_no: e.finding_id for e in events if isinstance(e, FindingEvent) and not e.confirmed_by_final}
+    raised = {e.segment_no: e.finding_id for e in events if isinstance(e, FindingEvent)}
     withdrawn = [e for e in events if isinstance(e, FindingWithdrawnEvent)]
     assert sorted(raised) == [3, 4, 5]  # each raised once, on its partial
     assert [(e.segment_no, e.finding_id) for e in withdrawn] == [(3, raised[3]), (5, raised[5])]
@@ -113,15 +114,17 @@ async def test_a_confirmed_finding_quotes_the_final_words_in_its_event_and_the_a
     await session.analyse(said(2, "你再不还我们就派人上门", final=False))  # the partial: 派人上门
     await session.analyse(said(2, "你再不还我们就派人去你家", final=True))  # the final, same rule: 去你家
 
-    found = [e for e in drain(feed) if isinstance(e, FindingEvent)]
-    assert [(e.matched_text, e.confirmed_by_final) for e in found] == [("派人上门", False), ("去你家", True)]
-    assert found[0].finding_id == found[1].finding_id  # the same finding, not a second one
+    events = drain(feed)
+    (raised,) = [e for e in events if isinstance(e, FindingEvent)]  # one finding, not a second one at the final
+    (confirmed,) = [e for e in events if isinstance(e, FindingConfirmedEvent)]
+    assert (raised.matched_text, confirmed.matched_text) == ("派人上门", "去你家")
+    assert confirmed.finding_id == raised.finding_id and confirmed.segment_id is not None
     call = await session.services.archive.get_call("c1")
     assert call is not None
     (row,) = call["findings"]
     (segment,) = call["segments"]
     assert row["matched_text"] == "去你家" and row["matched_text"] in segment["text"]
-    assert (row["span_start"], row["span_end"]) == found[1].span
+    assert (row["span_start"], row["span_end"]) == confirmed.span
     # the row no longer says what its 'finding' entry says; the 'finding_confirmed' entry records the change
     report = await session.services.archive.verify_report()
     assert report["ok"], report
