@@ -226,9 +226,33 @@ async def _auditor_sees_the_ended_call_read_only(page: Page) -> None:
     box = f'.call-card[data-call-id="{OLD_CALL}"] .transcript'
     at_end = "b => { const e = document.querySelector(b); return e.scrollHeight - e.scrollTop - e.clientHeight < 5 }"
     await page.wait_for_function(at_end, arg=box)  # its last lines show, not its first
+    await _an_ending_call_keeps_its_scroll(page)
     await page.evaluate("CMConsole.onEvent({type: 'events_missed', call_id: '', missed: 4, ts: Date.now() / 1000})")
     await expect(page.locator("#gap-banner")).to_contain_text("4 live events were not delivered")
     await screenshot(page, "console-06-auditor-ended-call")
+
+
+async def _an_ending_call_keeps_its_scroll(page: Page) -> None:
+    """Two calls' events as the feed delivers them (fed to the page's handler): one read at its end, one scrolled
+    up to an earlier line. When they end (their cards move below the live ones) each stays where its reader was."""
+    await page.evaluate(
+        """() => {
+        const now = Date.now() / 1000;
+        for (const id of ["read-at-end", "read-earlier"]) {
+          CMConsole.onEvent({type: "call_started", call_id: id, agent_id: "A-9", bridge: "pcm",
+                             speakers: ["agent", "customer"], metadata: {}, ts: now});
+          for (let n = 0; n < 40; n++) CMConsole.onEvent({type: "transcript", call_id: id, speaker: "agent",
+            segment_no: n, text: "第" + n + "句", t0: n, t1: n + 0.5, final: true, segment_id: null, ts: now});
+        }
+        document.querySelector('.call-card[data-call-id="read-earlier"] .transcript').scrollTop = 100;
+      }"""
+    )
+    for call in ("read-at-end", "read-earlier"):
+        await page.evaluate(f"CMConsole.onEvent({{type: 'call_ended', call_id: '{call}', reason: 'hangup', ts: 1}})")
+    at_end = "b => { const e = document.querySelector(b); return e.scrollHeight - e.scrollTop - e.clientHeight < 5 }"
+    await page.wait_for_function(at_end, arg='.call-card[data-call-id="read-at-end"] .transcript')
+    earlier = page.locator('.call-card[data-call-id="read-earlier"] .transcript')
+    assert await earlier.evaluate("e => e.scrollTop") == 100
 
 
 async def _supervisor_acknowledges_the_critical_alert_and_filters(page: Page) -> None:
