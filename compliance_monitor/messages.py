@@ -226,6 +226,21 @@ class DisclosureEvent(_EventBase):
     t0: float = Field(description="stream time of the segment that said it")
 
 
+class FindingConfirmedEvent(_EventBase):
+    """A finding raised on a partial transcript that the segment's final bears out: from now on it quotes the
+    final's words (which the archived segment holds; the partial's may not be in it)."""
+
+    type: Literal["finding_confirmed"] = "finding_confirmed"
+    finding_id: int
+    speaker: Speaker
+    segment_no: int
+    segment_id: int | None = Field(None, description="the final's archive row")
+    matched_text: str
+    span: tuple[int, int]
+    t0: float
+    t1: float
+
+
 class FindingWithdrawnEvent(_EventBase):
     """A finding raised on a partial transcript that the segment's final transcript does not bear out."""
 
@@ -279,16 +294,29 @@ class ErrorEvent(_EventBase):
     message: str
 
 
+class AlertUpdatedEvent(_EventBase):
+    """A supervisor acknowledged, assigned, resolved or annotated an alert (one alert per finding): every open
+    console shows the new state. ``agent_id`` stays empty, so collectors' feeds never carry supervisors' notes."""
+
+    type: Literal["alert_updated"] = "alert_updated"
+    alert_id: int = Field(description="the finding's id")
+    change: Literal["acknowledged", "assigned", "resolved", "note"]
+    actor: str
+    alert: dict[str, Any] = Field(description="the alert as GET /api/alerts returns it (masked)")
+
+
 Event = Annotated[
     CallStartedEvent
     | TranscriptEvent
     | FindingEvent
+    | FindingConfirmedEvent
     | FindingWithdrawnEvent
     | DisclosureEvent
     | ActionEvent
     | ActionOutcomeEvent
     | MonitoringLostEvent
     | CallEndedEvent
-    | ErrorEvent,
+    | ErrorEvent
+    | AlertUpdatedEvent,
     Field(discriminator="type"),
 ]

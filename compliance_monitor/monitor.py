@@ -218,12 +218,12 @@ class Monitor:
 
     # ------------------------------------------------------------------ the API side
 
-    async def halt(self, call_id: str, reason: str, actor: str) -> Outcome | None:
+    async def halt(self, call_id: str, reason: str, actor: str, finding_id: int | None = None) -> Outcome | None:
         """The bridge's outcome, or None when the call is not live or a hangup is already under way."""
         session = self.calls.get(call_id)
         if session is None:
             return None
-        return await session.halt(reason, actor)
+        return await session.halt(reason, actor, finding_id)
 
     async def aclose(self) -> None:
         for timer in self._grace.values():

@@ -291,8 +291,9 @@ class CallSession:
             prompt = action.finding.collector_explanation or action.reason
             self._spawn(self._warn(action_id, prompt))
 
-    async def halt(self, reason: str, actor: str) -> Outcome | None:
-        """A supervisor's halt: archived and published, then the bridge ends the phone call.
+    async def halt(self, reason: str, actor: str, finding_id: int | None = None) -> Outcome | None:
+        """A supervisor's halt: archived and published, then the bridge ends the phone call. ``finding_id``: the
+        finding whose recommended halt this confirms (the action then belongs to that finding's alert).
 
         Returns the bridge's outcome, or None when a hangup is already under way. When the bridge cannot end
         the call (failed, not supported) the call is still live and still monitored, and may be halted again.
@@ -301,9 +302,11 @@ class CallSession:
             return None
         self.halting = True  # before the first await: two clicks send one hangup
         action_id = await self.services.archive.add_manual_action(
-            self.call_id, ActionKind.HALT_CALL.value, reason, None, actor, Outcome.PENDING
+            self.call_id, ActionKind.HALT_CALL.value, reason, finding_id, actor, Outcome.PENDING
         )
-        await self._publish_action(action_id, ActionKind.HALT_CALL, f"{actor}: {reason}", Outcome.PENDING)
+        await self._publish_action(
+            action_id, ActionKind.HALT_CALL, f"{actor}: {reason}", Outcome.PENDING, finding_id=finding_id
+        )
         return await self._hangup(action_id, reason)
 
     async def _hangup(self, action_id: int, reason: str) -> Outcome:

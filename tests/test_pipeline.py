@@ -18,6 +18,7 @@ from compliance_monitor.messages import (
     CallStarted,
     ControlResult,
     Event,
+    FindingConfirmedEvent,
     FindingEvent,
     FindingWithdrawnEvent,
     Outcome,
@@ -106,6 +107,27 @@ async def test_a_partial_finding_the_final_does_not_bear_out_is_withdrawn(sessio
     # the feeds that showed segment 5's partial are told it ended with nothing said
     (ended_empty,) = [e for e in events if isinstance(e, TranscriptEvent) and e.final and e.segment_no == 5]
     assert ended_empty.text == "" and ended_empty.segment_id is None
+
+
+async def test_a_confirmed_finding_quotes_the_final_words_in_its_event_and_the_archive(session: CallSession) -> None:
+    feed = cast(InMemoryBus, session.services.bus).subscribe(lambda _event: True, replay_live=False)
+    await session.analyse(said(2, "你再不还我们就派人上门", final=False))  # the partial: 派人上门
+    await session.analyse(said(2, "你再不还我们就派人去你家", final=True))  # the final, same rule: 去你家
+
+    events = drain(feed)
+    (raised,) = [e for e in events if isinstance(e, FindingEvent)]  # one finding, not a second one at the final
+    (confirmed,) = [e for e in events if isinstance(e, FindingConfirmedEvent)]
+    assert (raised.matched_text, confirmed.matched_text) == ("派人上门", "去你家")
+    assert confirmed.finding_id == raised.finding_id and confirmed.segment_id is not None
+    call = await session.services.archive.get_call("c1")
+    assert call is not None
+    (row,) = call["findings"]
+    (segment,) = call["segments"]
+    assert row["matched_text"] == "去你家" and row["matched_text"] in segment["text"]
+    assert (row["span_start"], row["span_end"]) == confirmed.span
+    # the row no longer says what its 'finding' entry says; the 'finding_confirmed' entry records the change
+    report = await session.services.archive.verify_report()
+    assert report["ok"], report
 
 
 async def test_an_empty_final_of_a_segment_nobody_saw_publishes_nothing(session: CallSession) -> None:

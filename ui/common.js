@@ -353,6 +353,54 @@
       p2(d.getHours()) + ":" + p2(d.getMinutes()) + ":" + p2(d.getSeconds());
   }
 
+  // ------------------------------------------------------------------ human names (console, issue 18)
+
+  // English names beside the Chinese labels: a card or alert is titled with these, never with a raw id.
+  const CATEGORY_NAMES_EN = {
+    threat: "Threat",
+    abuse: "Abusive language",
+    impersonation: "Impersonating officials",
+    third_party_disclosure: "Debt disclosed to a third party",
+    privacy_leak: "Personal data disclosed",
+    missing_disclosure: "Required disclosure missing",
+    customer_abuse: "Customer abuse",
+    misrepresentation: "Misrepresentation",
+    induced_borrowing: "Induced borrowing",
+    improper_payment: "Improper payment request",
+    calling_hours: "Outside permitted calling hours",
+    call_frequency: "Too many calls to this debtor",
+  };
+  function humanize(id) {
+    const s = String(id || "").replace(/[._]+/g, " ").trim();
+    return s ? s.charAt(0).toUpperCase() + s.slice(1) : "";
+  }
+  /* "非催收时段 · Outside permitted calling hours": what a finding is, in words (raw ids stay in small print). */
+  function categoryTitle(cat) {
+    const zh = categoryLabel(cat), en = CATEGORY_NAMES_EN[cat] || humanize(cat);
+    return zh && en ? zh + " · " + en : zh || en || "—";
+  }
+
+  // Risk of a live call, from its standing findings (and a halt waiting for a supervisor).
+  const RISK_LABELS = { low: "低风险 low", medium: "中风险 medium", high: "高风险 high", critical: "危急 critical" };
+  function riskLevel(maxSev, haltRecommended) {
+    if (haltRecommended || maxSev === "critical") return "critical";
+    if (maxSev === "high") return "high";
+    if (maxSev === "warn") return "medium";
+    return "low";
+  }
+  function riskBadge(level) {
+    return h("span", { className: "risk-badge risk-" + level, dataset: { risk: level }, title: "风险等级 risk level",
+      text: RISK_LABELS[level] || level });
+  }
+
+  const ALERT_STATUS_LABELS = {
+    open: "待处理 open",
+    acknowledged: "已确认 acknowledged",
+    assigned: "已指派 assigned",
+    resolved: "已解决 resolved",
+  };
+  function alertStatusLabel(s) { return ALERT_STATUS_LABELS[s] || s || ""; }
+
   global.CM = {
     token, authHeaders, withToken, apiFetch, me, logout, toLogin,
     wsUrl, connectWs, bindStatus, serverNow,
@@ -361,5 +409,6 @@
     SEVERITIES, SEVERITY_LABELS, SEVERITY_COLORS, severityRank, maxSeverity, severityBadge,
     ACTION_LABELS, actionLabel, OUTCOME_LABELS, outcomeLabel, speakerLabel, findingItem, markWithdrawn,
     fmtOffset, fmtClock, fmtDateTime,
+    CATEGORY_NAMES_EN, categoryTitle, RISK_LABELS, riskLevel, riskBadge, ALERT_STATUS_LABELS, alertStatusLabel,
   };
 })(window);

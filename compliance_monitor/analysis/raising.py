@@ -8,7 +8,7 @@ from compliance_monitor.analysis.chain import Stage
 from compliance_monitor.analysis.frames import Candidate, Confirmed, Frame, Raised, Withdrawn
 from compliance_monitor.archive.sqlite import Archive
 from compliance_monitor.detect.engine import RuleSet
-from compliance_monitor.messages import Event, Finding, FindingEvent, FindingWithdrawnEvent
+from compliance_monitor.messages import Event, Finding, FindingConfirmedEvent, FindingEvent, FindingWithdrawnEvent
 
 WITHDRAWN = "最终转写未出现该内容（部分转写听错或已修正）"  # why a finding raised on a partial is withdrawn
 
@@ -34,7 +34,9 @@ class RaiseStage(Stage):
             yield Raised(finding_id, frame.finding)
         elif isinstance(frame, Confirmed):
             finding_id = self._provisional_ids.pop(_key(frame.finding))
-            await self._archive.link_finding(finding_id, frame.segment_id)
+            # The finding now quotes the final's words, which the archived transcript holds.
+            await self._archive.link_finding(finding_id, frame.segment_id, frame.finding)
+            await self._publish(self._confirmed_event(frame.finding, finding_id, frame.segment_id))
         elif isinstance(frame, Withdrawn):
             await self._withdraw(frame.finding)
             yield frame  # the policy ends the cool-downs it started
@@ -66,6 +68,20 @@ class RaiseStage(Stage):
             )
         )
         return finding_id
+
+    def _confirmed_event(self, final: Finding, finding_id: int, segment_id: int | None) -> FindingConfirmedEvent:
+        return FindingConfirmedEvent(
+            call_id=self._call_id,
+            agent_id=self._agent_id,
+            finding_id=finding_id,
+            speaker=final.speaker,
+            segment_no=final.segment_no,
+            segment_id=segment_id,
+            matched_text=final.matched_text,
+            span=final.span,
+            t0=final.t0,
+            t1=final.t1,
+        )
 
     def _suggestion(self, finding: Finding) -> str:
         """The rule's compliant alternative; a model finding borrows the first one its category's rules give."""

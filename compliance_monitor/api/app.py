@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from compliance_monitor.api import bridges, console, pbx, rest, screens, session
+from compliance_monitor.api import alerts, bridges, console, pbx, rest, screens, session
 from compliance_monitor.api.auth import enforce
 from compliance_monitor.archive.sqlite import Archive
 from compliance_monitor.asr.decoder import WhisperDecoder
@@ -131,6 +131,7 @@ def create_app(settings: Settings, decoder_factory: DecoderFactory | None = None
     app.include_router(pbx.router)
     app.include_router(session.router)
     app.include_router(screens.router)
+    app.include_router(alerts.router)
     _mount_ui(app)
     return app
 

@@ -75,6 +75,12 @@ ROUTE_ROLES: dict[tuple[str, str], Grant] = {
     ("WS", "/bridge/twilio"): ("bridge",),
     ("WS", "/bridge/pcm"): ("bridge",),
     ("WS", "/bridge/freeswitch"): ("bridge",),  # bridge token, or HTTP Basic with it as the password
+    # Alerts (api/alerts.py): supervisors act on them, auditors read them.
+    ("GET", "/api/alerts"): _READERS,
+    ("POST", "/api/alerts/{alert_id}/ack"): ("supervisor",),
+    ("POST", "/api/alerts/{alert_id}/assign"): ("supervisor",),
+    ("POST", "/api/alerts/{alert_id}/resolve"): ("supervisor",),
+    ("POST", "/api/alerts/{alert_id}/notes"): ("supervisor",),
 }
 
 

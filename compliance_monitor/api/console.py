@@ -1,9 +1,15 @@
-"""Live feeds for browsers: supervisors see every call, a collector sees only their own."""
+"""Live feeds for browsers: supervisors see every call, a collector sees only their own.
+
+Besides the bus's events (``GET /api/events/schema``) a feed may send ``{"type": "events_missed", "missed": n,
+"ts": ...}``: this browser was too slow and the bus dropped ``n`` events meant for it. The page says so and
+back-fills from REST (the console: ``/api/calls``, ``/api/alerts``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
@@ -40,7 +46,12 @@ async def _stream(ws: WebSocket, accept: EventFilter) -> None:
     subscription = bus.subscribe(accept)
 
     async def send() -> None:
+        told = 0  # events dropped for this subscriber that the browser has been told about
         async for event in subscription:
+            if subscription.dropped > told:
+                missed, told = subscription.dropped - told, subscription.dropped
+                notice = {"type": "events_missed", "call_id": "", "missed": missed, "ts": time.time()}
+                await ws.send_text(json.dumps(notice))
             await ws.send_text(event.model_dump_json())
 
     async def receive() -> None:

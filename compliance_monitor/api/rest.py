@@ -40,6 +40,7 @@ class UnmaskRequest(BaseModel):
 
 class HaltRequest(BaseModel):
     reason: str = Field("halted by supervisor", max_length=500)
+    finding_id: int | None = Field(None, description="the finding whose recommended halt this confirms")
 
 
 @router.get("/health")
@@ -152,7 +153,10 @@ async def halt_call(call_id: str, body: HaltRequest, monitor: MonitorDep, who: S
     """Ends the phone call through its bridge; ``outcome`` says whether it did (done / failed / not_supported)."""
     if call_id not in monitor.calls:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} is not live")
-    outcome = await monitor.halt(call_id, body.reason, who.actor)  # the action row and its audit entry name them
+    if body.finding_id is not None and await monitor.services.archive.alert_call(body.finding_id) != call_id:
+        raise HTTPException(422, f"finding {body.finding_id} is not one of call {call_id}'s")
+    # the action row and its audit entry name the person
+    outcome = await monitor.halt(call_id, body.reason, who.actor, body.finding_id)
     if outcome is None:
         return {"call_id": call_id, "status": "already_halting"}
     return {"call_id": call_id, "status": "halted" if outcome is Outcome.DONE else "not_halted", "outcome": outcome}

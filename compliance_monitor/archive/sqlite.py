@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from compliance_monitor.archive import audit
+from compliance_monitor.archive.alerts import ALERT_TABLES, AlertArchive
 from compliance_monitor.archive.search import MAX_ID, Cursor, Filters, Tier, choose_drive, id_bounds, page_sql, tiers
 from compliance_monitor.archive.textindex import grams
 from compliance_monitor.messages import Action, CallStarted, Finding, NormalisedText, Transcript
@@ -148,7 +149,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-class Archive:
+class Archive(AlertArchive):
     def __init__(
         self,
         path: Path,
@@ -235,6 +236,7 @@ class Archive:
         if not had_grams:
             _index_grams(db)
         db.execute("DROP TABLE IF EXISTS segments_fts")  # jieba-token index of older archives
+        _run_script(db, ALERT_TABLES)  # alert state and notes (archive.alerts)
         _run_script(db, INDEXES)
 
     async def aclose(self) -> None:
@@ -514,8 +516,10 @@ class Archive:
         )
         return finding_id
 
-    async def link_finding(self, finding_id: int, segment_id: int | None) -> None:
-        """A finding raised on a partial transcript, confirmed by the final segment: record which one."""
+    async def link_finding(self, finding_id: int, segment_id: int | None, final: Finding | None = None) -> None:
+        """A finding raised on a partial transcript, confirmed by the final segment: record which one. With
+        ``final`` (the same rule's finding on the final) the finding quotes the final's words and span, which the
+        archived segment holds (the partial's words may not be in it); the entry records them."""
         if segment_id is None:
             return
 
@@ -526,7 +530,15 @@ class Archive:
                 (segment_id, finding_id),
             )
             db.execute("UPDATE actions SET segment_id = ? WHERE finding_id = ?", (segment_id, finding_id))
-            self._audit("finding_confirmed", finding_id, {"segment_id": segment_id})
+            payload: dict[str, Any] = {"segment_id": segment_id}
+            if final is not None:
+                db.execute(
+                    "UPDATE findings SET matched_text = ?, span_start = ?, span_end = ?, t0 = ?, t1 = ? "
+                    "WHERE finding_id = ?",
+                    (final.matched_text, final.span[0], final.span[1], final.t0, final.t1, finding_id),
+                )
+                payload["matched_text"] = final.matched_text
+            self._audit("finding_confirmed", finding_id, payload, call_id=final.call_id if final else None)
 
         await self._write(write)
 
@@ -943,11 +955,16 @@ def _finding_breaks(db: sqlite3.Connection) -> list[dict[str, Any]]:
     """A finding row must still say what its (hashed) audit entry says."""
     breaks = []
     rows = db.execute(
-        "SELECT f.finding_id, f.call_id, f.rule_id, f.category, f.matched_text, a.audit_id, a.payload "
+        "SELECT f.finding_id, f.call_id, f.rule_id, f.category, f.matched_text, a.audit_id, a.payload, "
+        "(SELECT c.payload FROM audit c WHERE c.kind = 'finding_confirmed' AND c.ref_id = a.ref_id "
+        "ORDER BY c.audit_id DESC LIMIT 1) AS confirmed "
         "FROM findings f LEFT JOIN audit a ON a.kind = 'finding' AND a.ref_id = CAST(f.finding_id AS TEXT)"
     )
-    for finding_id, call_id, rule_id, category, matched, audit_id, payload in rows:
+    for finding_id, call_id, rule_id, category, matched, audit_id, payload, confirmed in rows:
         row = {"call_id": call_id, "rule_id": rule_id, "category": category, "matched_text": matched}
+        if payload is not None and confirmed is not None and "matched_text" in (final := json.loads(confirmed)):
+            # Confirmed by its final: the row quotes the final's words, which that (hashed) entry records.
+            payload = json.dumps({**json.loads(payload), "matched_text": final["matched_text"]})
         if payload is None or json.loads(payload) != row:
             problem = f"finding {finding_id} differs from its audit entry" if payload else "finding has no entry"
             breaks.append({"audit_id": audit_id, "kind": "finding", "ref_id": str(finding_id), "problem": problem})
