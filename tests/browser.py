@@ -33,7 +33,7 @@ _errors: dict[int, list[str]] = {}
 async def open_page(base_url: str) -> AsyncIterator[Page]:
     """A fresh browser (no cookies) with one page on ``base_url``; closed on exit."""
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        browser = await pw.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         context = await browser.new_context(base_url=base_url, viewport=VIEWPORT, locale="zh-CN")  # type: ignore[arg-type]
         page = await context.new_page()
         errors: list[str] = []
@@ -48,7 +48,7 @@ async def open_page(base_url: str) -> AsyncIterator[Page]:
             await browser.close()
 
 
-def _chromium() -> str:
+def chromium_path() -> str:
     if not CHROMIUM.exists():  # fail loudly: the browser tests never skip
         raise RuntimeError(f"{CHROMIUM} missing: apt-get install -y chromium fonts-wqy-microhei (see .ci/run)")
     return str(CHROMIUM)

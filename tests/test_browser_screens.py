@@ -31,13 +31,12 @@ from compliance_monitor.ingest.replay import replay_audio
 from compliance_monitor.messages import CallStarted, Speaker, Transcript
 from compliance_monitor.text.normalise import normalise
 from compliance_monitor.text.tokenise import Tokenizer
-from tests.conftest import REPO, SHARED, LiveServer, make_settings, seed_people
+from tests.browser import chromium_path, screenshot
+from tests.conftest import SHARED, LiveServer, make_settings, seed_people
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
 CALLS = SHARED / "calls" / "dev"
-SHOTS = REPO / "var" / "test-artifacts" / "screenshots"
 PASSWORD = "screens-test-password"
 BRIDGE_TOKEN = "bridge-token-for-the-screens-test"
 USERS = {
@@ -48,11 +47,6 @@ USERS = {
 }
 PHONE_DIGITS = "12674590"  # the middle and end of the number dev06 reads out (幺三八，幺二六七，四五九零)
 VIEWPORT = {"width": 1280, "height": 800}
-
-if not CHROMIUM.exists():  # pragma: no cover - .ci/run installs it
-    pytest.skip(
-        "Debian's chromium is not installed (apt-get install chromium fonts-wqy-microhei)", allow_module_level=True
-    )
 
 
 def _clip(name: str, *spans: tuple[float, float]) -> tuple[np.ndarray, int]:
@@ -73,7 +67,7 @@ def _manifest() -> dict[str, dict[str, Any]]:
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        chromium = await pw.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         try:
             yield chromium
         finally:
@@ -91,11 +85,6 @@ async def _login(browser: Browser, base: str, user: str, page_path: str) -> Page
     await page.click("#login-submit")
     await page.wait_for_url(lambda url: url.startswith(base + page_path))
     return page
-
-
-async def _shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
 
 
 # ---------------------------------------------------------------- (a) the collector panel, live calls
@@ -158,7 +147,7 @@ async def test_a_collector_sees_only_their_own_calls_warnings_masked_and_acknowl
     card = page.locator(f'#warnings .ap-card[data-finding-ids~="{threat[0]["finding_id"]}"]')
     await expect(card).to_be_visible(timeout=20_000)
     await expect(card.locator(".ap-instead")).to_contain_text("建议说法")  # what to say instead
-    await _shot(page, "screens-agent-1-first-call-warning")
+    await screenshot(page, "screens-agent-1-first-call-warning")
 
     # The second call: the opening disclosure (dev03), then the phone number read out (dev06).
     await _call(live, "call-liu-2", "A-liu", _joined())
@@ -189,11 +178,11 @@ async def test_a_collector_sees_only_their_own_calls_warnings_masked_and_acknowl
     # The live transcript stays on screen beside the cards.
     box = await page.locator("#transcript").bounding_box()
     assert box is not None and box["y"] + 100 < VIEWPORT["height"] and box["height"] > 150, box
-    await _shot(page, "screens-agent-2-second-call-masked-checklist")
+    await screenshot(page, "screens-agent-2-second-call-masked-checklist")
 
     await leak_card.locator(".ap-ack").click()
     await expect(leak_card.locator(".ap-ack-note")).to_contain_text("liu")
-    await _shot(page, "screens-agent-3-acknowledged")
+    await screenshot(page, "screens-agent-3-acknowledged")
     async with httpx.AsyncClient(base_url=live.http, headers={"Authorization": f"Bearer {admin}"}) as http:
         audit = (await http.get("/api/calls/call-liu-2/export")).json()["audit"]
     acks = [e for e in audit if e["kind"] == "warning_ack"]
@@ -201,7 +190,7 @@ async def test_a_collector_sees_only_their_own_calls_warnings_masked_and_acknowl
     # zhao's panel, for contrast: their own warning, none of liu's.
     await expect(other.locator('#warnings .ap-card[data-call-id="call-zhao"]').first).to_be_visible()
     assert "call-liu" not in await other.locator("body").inner_text()
-    await _shot(other, "screens-agent-4-other-collector")
+    await screenshot(other, "screens-agent-4-other-collector")
 
 
 def _joined() -> tuple[np.ndarray, int]:
@@ -257,7 +246,7 @@ async def test_an_auditor_finds_a_call_by_a_chinese_word_opens_it_and_exports_it
     row = page.locator('#results-body tr[data-call-id="dev03"]')
     await expect(row).to_have_count(1)
     await expect(row.locator("mark")).to_have_text("后果自负")
-    await _shot(page, "screens-search-1-results")
+    await screenshot(page, "screens-search-1-results")
 
     await row.click()
     focused = page.locator("#detail-transcript .line.focus-line")
@@ -266,7 +255,7 @@ async def test_an_auditor_finds_a_call_by_a_chinese_word_opens_it_and_exports_it
     header = await page.locator(".topbar").bounding_box()
     assert header is not None and header["y"] == 0 and await page.evaluate("window.scrollY") > 0  # sticky header
     await expect(page.locator("#search-form")).to_be_in_viewport()
-    await _shot(page, "screens-search-2-call-detail")
+    await screenshot(page, "screens-search-2-call-detail")
 
     async with page.expect_download() as download_info:
         await page.click("#export-link")
@@ -284,7 +273,7 @@ async def test_an_auditor_finds_a_call_by_a_chinese_word_opens_it_and_exports_it
     head = (await report.locator("#head-hash").inner_text()).strip()
     assert len(head) == 64 and int(head, 16) >= 0
     await expect(report.locator("mark").first).to_be_visible()
-    await _shot(report, "screens-search-3-report")
+    await screenshot(report, "screens-search-3-report")
 
     # A category-only search (no words): the calls with a privacy finding, numbers masked for the auditor.
     await page.bring_to_front()
@@ -295,7 +284,7 @@ async def test_an_auditor_finds_a_call_by_a_chinese_word_opens_it_and_exports_it
     await expect(leak.first).to_be_in_viewport()  # the new results are on screen, not the call opened before
     shown = await page.locator("#results-body").inner_text()
     assert "320106198709232138" not in shown and "6222021603884755" not in shown
-    await _shot(page, "screens-search-4-category-only")
+    await screenshot(page, "screens-search-4-category-only")
 
     admin = await _token(archived, "adm")
     async with httpx.AsyncClient(base_url=archived.http, headers={"Authorization": f"Bearer {admin}"}) as http:
