@@ -9,7 +9,9 @@ every person and company named in the dialogue is invented.
 The dialogue was written for this demo. The collector opens politely (name, company, purpose), then commits
 one violation of each kind the monitor flags in speech: abuse (老赖 / 不要脸), third-party disclosure (telling
 parents and colleagues about the debt), impersonation (false claim that a court has opened a case) and a
-threat (sending people to the debtor's home, 后果自负); the customer is rude once (``customer_abuse``).
+threat (sending people to the debtor's home, 后果自负); the customer is rude once (``customer_abuse``). One
+more threat is veiled (替你家里人以后的日子想一想) in words no rule names: the classifier shipped with the package
+raises it, so a fresh install's demo shows a finding with ``source: "model"`` next to the rules' findings.
 
 Reproduce (fully offline once the packages are installed; the output is deterministic)::
 
@@ -96,6 +98,9 @@ DIALOGUE: tuple[Turn, ...] = (
     Turn("customer", "这是我自己的事，你们不能找我家里人。", ("normal",)),
     Turn("agent", "告诉你，我们已经把你告上法院，法院已经立案了，过两天就有人来抓你。", ("impersonation",)),
     Turn("customer", "我真的没钱，你让我怎么办？", ("normal",)),
+    # a veiled threat no rule names: the bundled classifier's finding (source "model") on the demo
+    Turn("agent", "没钱？你可以不还，但你得替你家里人以后的日子想一想。", ("threat",)),
+    Turn("customer", "你这是什么意思？", ("normal",)),
     Turn("agent", "今天晚上八点前不还钱，明天我们就派人到你家里去，后果自负！", ("threat",)),
     Turn("customer", "好好好，我今晚就去借钱还上。", ("normal",)),
 )

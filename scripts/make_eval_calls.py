@@ -30,6 +30,11 @@ Reproduce (fully offline once the packages are installed; the output is determin
     cd /work/main && /tmp/ttsvenv/bin/python scripts/make_eval_calls.py --voices-dir /tmp/package/voices
     .venv/bin/compliance-monitor eval calls var/calls/own/manifest.jsonl --concurrency 2
 
+A second set, ``scripts/eval_calls_std.yaml`` (10 calls held out for issue 19: the 2025 standard's categories
+misrepresentation / induced_borrowing / improper_payment next to the older ones, other voice pairings), is made with
+``--script scripts/eval_calls_std.yaml --out-dir var/calls/std`` and scored with ``eval calls
+var/calls/std/manifest.jsonl``.
+
 ``--calls own03 own05`` regenerates a subset (the manifest keeps the other calls' entries); ``--verify-only``
 re-checks existing output without synthesising; ``--threads`` sets onnxruntime's intra-op threads (default 1).
 

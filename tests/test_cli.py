@@ -31,6 +31,7 @@ def test_demo_streams_the_bundled_call_and_raises_its_violations(tmp_path: Path)
     with sqlite3.connect(db) as con:
         speakers = {r[0] for r in con.execute("SELECT speaker FROM segments")}
         categories = {r[0] for r in con.execute("SELECT category FROM findings WHERE speaker = 'agent'")}
+        sources = {r[0] for r in con.execute("SELECT source FROM findings WHERE speaker = 'agent'")}
         actions = {r[0] for r in con.execute("SELECT action FROM actions")}
         ended = con.execute("SELECT COUNT(*) FROM calls WHERE ended_at IS NOT NULL").fetchone()[0]
     assert speakers == {"agent", "customer"}
@@ -38,6 +39,8 @@ def test_demo_streams_the_bundled_call_and_raises_its_violations(tmp_path: Path)
     script = json.loads((Path(__file__).parents[1] / "compliance_monitor/assets/demo_call.json").read_text())
     expected = {label for t in script["turns"] if t["speaker"] == "agent" for label in t["labels"]} - {"normal"}
     assert expected <= categories, (expected, categories)
+    # both detectors in force on a fresh install: the shipped classifier raises the veiled threat no rule names
+    assert sources == {"rule", "model"}, sources
     assert {"warn_collector", "alert_supervisor"} <= actions
     assert ended == 1
 

@@ -188,6 +188,46 @@ def test_the_bundled_ngram_classifier_scores_collection_lines() -> None:
     assert 0.5 <= clf.thresholds["threat"] <= 1.0
 
 
+async def test_the_demo_call_shows_a_model_finding_next_to_the_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundled call, as scripted, through both detectors as the pipeline combines them (a model finding only
+    for a category no rule raised on that segment): a fresh install's demo shows a finding with source "model",
+    and it is one the script labels, on an agent turn; no lawful turn raises one."""
+    import json
+
+    import compliance_monitor.resources as resources
+    from compliance_monitor.config import Settings
+    from compliance_monitor.detect.engine import pack_files
+    from compliance_monitor.detect.rules import RuleEngine
+    from compliance_monitor.text.normalise import normalise
+    from compliance_monitor.text.tokenise import Tokenizer
+
+    monkeypatch.setattr(resources, "default_classifier_dir", lambda: tmp_path / "models" / "classifier")
+    settings = Settings()
+    detector = load_model_detector(
+        tmp_path / "models" / "classifier", threads=1, labels=settings.classifier.labels, context=0
+    )
+    assert detector is not None  # the shipped n-gram classifier
+    engine = RuleEngine.from_files(pack_files(settings.rules), regime=settings.rules.regime)
+    tokenizer = Tokenizer(settings.rules.dir / settings.rules.user_dict)
+    script = json.loads((resources.assets_dir() / "demo_call.json").read_text(encoding="utf-8"))
+    model_findings = []
+    for n, turn in enumerate(script["turns"]):
+        speaker = Speaker(turn["speaker"])
+        text = normalise(turn["text"], tokenizer)
+        named = {m.rule.category for m in engine.match(text, speaker)}
+        tr = Transcript("demo", speaker, n, turn["text"], turn["t0"], turn["t1"], True)
+        for finding in await detector.detect(tr, text):
+            if finding.category not in named:
+                model_findings.append((finding, set(turn["labels"])))
+    detector.close()
+    assert model_findings, "the demo would show rule findings only"
+    for finding, labels in model_findings:
+        assert finding.source == "model" and finding.speaker is Speaker.AGENT
+        assert finding.category in labels, (finding.category, labels)
+
+
 def test_pruning_keeps_the_heaviest_ngrams() -> None:
     import numpy as np
 
