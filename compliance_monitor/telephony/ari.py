@@ -101,7 +101,8 @@ async def attach_leg(
 ) -> Leg:
     """One party of the call: its snoop's audio arrives at our AudioSocket server, tagged ``speaker``."""
     key = str(uuid.uuid4())
-    registry.register(key, CallInfo(info.call_id, info.agent_id, speaker, info.metadata))
+    legs = info.legs or (Speaker.AGENT, Speaker.CUSTOMER)  # both parties' sockets join one monitored call
+    registry.register(key, CallInfo(info.call_id, info.agent_id, speaker, info.metadata, legs))
     snoop = await client.snoop(channel, spy="in")
     media = await client.external_media(key)
     return Leg(channel, speaker, key, snoop, media, await client.bridge(snoop, media))
