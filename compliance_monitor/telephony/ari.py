@@ -10,23 +10,37 @@ What a bridged collector↔customer call needs from ARI:
 - ``AriControl.warn_agent``: a ``whisper=out`` snoop on the agent's leg, ``POST /channels/{snoop}/play`` of
   ``ari.warn_media``, and the snoop deleted after ``ari.warn_s`` (a ``tone:`` playback repeats until then).
 
-Left (see the report of issue 17): the events websocket (StasisStart / StasisEnd) and joining both legs'
-sockets into one monitored call — ``Monitor.live_call`` takes one connection per call id today.
+``AriApp`` is the Stasis application on the events websocket (``/ari/events?app=…``, HTTP Basic): a customer
+channel entering ``Stasis(app,<agent endpoint>[,<agent id>])`` gets its collector dialled into the app, both are
+bridged, and both legs are snooped into the monitor as ONE call (call id: the customer's channel id) whose
+halts and warnings go through ARI. A leg leaving Stasis (hang-up) ends the other leg and the monitored call
+(``far_end_hangup:<party>``). The websocket reconnects with a doubling backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
+import logging
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import websockets
 
 from compliance_monitor.config import AriSettings
 from compliance_monitor.ingest.audiosocket import AudioSocketRegistry, CallInfo
 from compliance_monitor.messages import ControlResult, Outcome, Speaker
+
+if TYPE_CHECKING:
+    from compliance_monitor.monitor import Monitor
+
+log = logging.getLogger(__name__)
+AGENT_ARG = "cm-agent-leg"  # appArgs of the collector's channel we originate: "cm-agent-leg,<customer channel>"
 
 
 class AriClient:
@@ -85,6 +99,27 @@ class AriClient:
         body = await self._call("POST", f"/channels/{channel}/play", media=media)
         return str(body.get("id", ""))
 
+    async def originate(self, endpoint: str, app_args: str) -> str:
+        """A new channel to ``endpoint`` that enters our Stasis app (StasisStart) once it answers."""
+        body = await self._call("POST", "/channels", endpoint=endpoint, app=self.settings.app, appArgs=app_args)
+        return str(body["id"])
+
+    async def answer(self, channel: str) -> None:
+        await self._call("POST", f"/channels/{channel}/answer")
+
+    async def delete_bridge(self, bridge: str) -> None:
+        with contextlib.suppress(httpx.HTTPStatusError):  # 404: already gone
+            await self._call("DELETE", f"/bridges/{bridge}")
+
+    def events_url(self) -> str:
+        base = self.settings.url or ""
+        scheme, rest = base.split("://", 1)
+        return f"{'wss' if scheme == 'https' else 'ws'}://{rest.rstrip('/')}/events?app={self.settings.app}"
+
+    def basic_auth(self) -> str:
+        pair = f"{self.settings.user}:{self.settings.password.get_secret_value()}"
+        return "Basic " + base64.b64encode(pair.encode()).decode()
+
 
 @dataclass
 class Leg:
@@ -141,3 +176,130 @@ class AriControl:
 
     async def lost(self, reason: str) -> None:
         pass  # the legs are the PBX's: losing the monitor does not end the call
+
+
+@dataclass
+class AriCall:
+    """One customer ↔ collector call our Stasis application bridged."""
+
+    call_id: str
+    customer: str
+    agent_endpoint: str
+    agent_id: str | None
+    metadata: dict[str, Any]
+    agent: str | None = None
+    bridge: str | None = None
+    legs: list[Leg] = field(default_factory=list)
+    ended: bool = False
+
+
+class AriApp:
+    """The Stasis application: bridges each customer with the collector it dials, and has both legs monitored."""
+
+    def __init__(
+        self,
+        client: AriClient,
+        monitor: Monitor,
+        registry: AudioSocketRegistry,
+        connect: Callable[..., Any] = websockets.connect,
+    ) -> None:
+        self.client, self.monitor, self.registry = client, monitor, registry
+        self._connect = connect
+        self.calls: dict[str, AriCall] = {}  # by channel id, customer's and collector's
+        self.connects = 0  # successful websocket connections (reconnects included)
+
+    async def run(self) -> None:
+        """Until cancelled: the events websocket, reconnected with a doubling backoff."""
+        s = self.client.settings
+        wait = s.reconnect_min_s
+        while True:
+            try:
+                async with self._connect(
+                    self.client.events_url(), additional_headers={"Authorization": self.client.basic_auth()}
+                ) as ws:
+                    self.connects += 1
+                    wait = s.reconnect_min_s
+                    log.info("ARI: events websocket connected (app %s)", s.app)
+                    async for message in ws:
+                        await self.handle(json.loads(message))
+            except (OSError, websockets.WebSocketException, TimeoutError, ValueError) as exc:
+                log.warning("ARI: events websocket lost (%s); reconnecting in %.1f s", exc, wait)
+            except Exception:  # our bug: logged, and the application goes on rather than leave calls unbridged
+                log.exception("ARI: events handling failed; reconnecting in %.1f s", wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, s.reconnect_max_s)
+
+    async def handle(self, event: dict[str, Any]) -> None:
+        """One event; a failure is logged with the channel, never ends the application."""
+        kind, channel = event.get("type"), (event.get("channel") or {})
+        try:
+            if kind == "StasisStart":
+                await self._stasis_start(channel, [str(a) for a in event.get("args") or []])
+            elif kind in ("StasisEnd", "ChannelDestroyed", "ChannelHangupRequest"):
+                await self._gone(str(channel.get("id", "")))
+        except (httpx.HTTPError, KeyError) as exc:
+            log.error("ARI: %s of channel %s: %s", kind, channel.get("id"), exc)
+            if kind == "StasisStart":
+                await self._gone(str(channel.get("id", "")), "monitor_setup_failed")
+
+    async def _stasis_start(self, channel: dict[str, Any], args: list[str]) -> None:
+        if not args:
+            return  # our own snoop and externalMedia channels enter the app too
+        if args[0] == AGENT_ARG:
+            call = self.calls.get(args[1]) if len(args) > 1 else None
+            if call is not None and not call.ended:
+                await self._bridge(call, str(channel["id"]))
+            return
+        customer = str(channel["id"])
+        number = (channel.get("caller") or {}).get("number")
+        call = AriCall(
+            call_id=customer,
+            customer=customer,
+            agent_endpoint=args[0],
+            agent_id=args[1] if len(args) > 1 and args[1] else None,
+            metadata={"customer_number": number} if number else {},
+        )
+        self.calls[customer] = call
+        call.agent = await self.client.originate(call.agent_endpoint, f"{AGENT_ARG},{customer}")
+        self.calls[call.agent] = call
+
+    async def _bridge(self, call: AriCall, agent: str) -> None:
+        """The collector answered: bridge the parties, then snoop each leg into the monitor as one call."""
+        call.agent = agent
+        self.calls[agent] = call
+        await self.client.answer(call.customer)
+        call.bridge = await self.client.bridge(call.customer, agent)
+        self.monitor.expect_call(call.call_id, AriControl(self.client, agent, call.customer))
+        info = CallInfo(call.call_id, call.agent_id, metadata={**call.metadata, "ari_bridge": call.bridge})
+        try:
+            for channel, speaker in ((agent, Speaker.AGENT), (call.customer, Speaker.CUSTOMER)):
+                call.legs.append(await attach_leg(self.client, self.registry, channel, speaker, info))
+        except httpx.HTTPError as exc:  # the parties talk on: say loudly that this call is not monitored
+            log.error("ARI: call %s is bridged but NOT monitored: snooping its legs failed: %s", call.call_id, exc)
+            return
+        log.info("ARI: call %s bridged (collector %s); both legs monitored", call.call_id, agent)
+
+    async def _gone(self, channel: str, reason: str | None = None) -> None:
+        """A party left: the other leg, the snoops' media and the bridges go too, and the monitored call ends."""
+        call = self.calls.get(channel)
+        if call is None or call.ended:
+            return
+        call.ended = True
+        party = "agent" if channel == call.agent else "customer"
+        self.monitor.end_call(call.call_id, reason or f"far_end_hangup:{party}")
+        self.monitor.forget_call(call.call_id)
+        for key in (call.customer, call.agent):
+            if key is not None:
+                self.calls.pop(key, None)
+        others = [c for c in (call.customer, call.agent) if c and c != channel]
+        for leg in call.legs:
+            self.registry.forget(leg.audiosocket_uuid)
+            others.append(leg.media)
+        for other in others:
+            with contextlib.suppress(httpx.HTTPError):
+                await self.client.hangup(other)
+        for bridge in [call.bridge, *(leg.bridge for leg in call.legs)]:
+            if bridge is not None:
+                with contextlib.suppress(httpx.HTTPError):
+                    await self.client.delete_bridge(bridge)
+        log.info("ARI: call %s ended: the %s hung up", call.call_id, party)
