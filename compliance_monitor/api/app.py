@@ -108,11 +108,11 @@ def create_app(settings: Settings, decoder_factory: DecoderFactory | None = None
             audiosocket = AudioSocketServer(app.state.monitor, app.state.audiosocket_registry, settings)
             await audiosocket.start()
         app.state.audiosocket = audiosocket
-        ari_task = None
+        ari, ari_task = None, None
         if settings.ari.url and settings.ari.events:  # the Stasis application (telephony/ari.py)
             ari = AriApp(AriClient(settings.ari), app.state.monitor, app.state.audiosocket_registry)
             ari_task = asyncio.create_task(ari.run(), name="ari-events")
-        app.state.ari_task = ari_task
+        app.state.ari = ari
         stop_watching = asyncio.Event()
         watcher = asyncio.create_task(services.rules.watch(stop_watching)) if settings.rules.watch else None
         try:
@@ -121,7 +121,7 @@ def create_app(settings: Settings, decoder_factory: DecoderFactory | None = None
             stop_watching.set()
             if watcher:
                 await asyncio.gather(watcher, return_exceptions=True)
-            if ari_task is not None:
+            if ari is not None and ari_task is not None:
                 ari_task.cancel()
                 await asyncio.gather(ari_task, return_exceptions=True)
                 await ari.client.aclose()
