@@ -148,7 +148,8 @@ class Monitor:
         session = self._claims.get(bridge_call_id)
         if session is None or session.input_ended:
             return False
-        session.end_input(reason)
+        # During our own hangup the PBX reports each leg going before the hangup request returns: it is the halt.
+        session.end_input("halted" if session.halting else reason)
         return True
 
     # ------------------------------------------------------------------ the bridge side
