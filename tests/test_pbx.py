@@ -56,9 +56,10 @@ class Asterisk:
         self.root = root
         etc = root / "etc" / "asterisk"
         for conf in (CONFIGS / "asterisk").glob("*.conf"):
-            text = conf.read_text().replace("127.0.0.1:9092", f"127.0.0.1:{audiosocket_port}")
+            text = conf.read_text()
             if conf.name == "extensions.conf":  # extra extensions of the customer's context
                 text = text.replace("[from-agent]", f"{dialplan}\n[from-agent]")
+            text = text.replace("127.0.0.1:9092", f"127.0.0.1:{audiosocket_port}")
             (etc / conf.name).write_text(text)
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -346,17 +347,41 @@ async def test_ari_snoops_each_leg_whispers_to_the_agent_only_and_halts_both_leg
 # --------------------------------------------------------------------------- two legs, one call, through the monitor
 
 STASIS_301 = "exten => 301,1,Stasis(compliance-monitor,PJSIP/agent,1001)\n same => n,Hangup()"
+# Without ARI: each leg gets a tap — a Local channel whose one half ChanSpies that leg (``o``: its own voice; the
+# collector's tap also whispers, ``w``) and whose other half streams to our AudioSocket under a UUID registered
+# by CURL with the call id, the party and ``legs=agent,customer``. Our 0x00 (halt) makes the tap hang up its leg.
+DIALPLAN_302 = r"""
+exten => 302,1,Answer()
+ same => n,Set(CM_CALL=${UNIQUEID})
+ same => n,Gosub(cm-tap-leg,s,1(${CM_CALL},customer,qoE))
+ same => n,Dial(PJSIP/agent,30,U(cm-tap-leg^${CM_CALL}^agent^qoEw))
+ same => n,Hangup()
+[cm-tap-leg]
+exten => s,1,Set(H=${MD5(${ARG1}${ARG2})})
+ same => n,Set(U=${H:0:8}-${H:8:4}-${H:12:4}-${H:16:4}-${H:20:12})
+ same => n,Set(R=${CURL(http://127.0.0.1:HTTPPORT/api/audiosocket/calls/${U},call_id=${ARG1}&agent_id=1001&speaker=${ARG2}&legs=agent,customer)})
+ same => n,Set(GLOBAL(CMTAP_${H})=${CHANNEL})
+ same => n,Originate(Local/${U}@cm-tap/n,app,ChanSpy,${CHANNEL}\,${ARG3},,,a)
+ same => n,Return()
+[cm-tap]
+exten => _[0-9a-f].,1,Answer()
+ same => n,AudioSocket(${EXTEN},127.0.0.1:9092)
+ same => n,SoftHangup(${GLOBAL(CMTAP_${FILTER(0-9a-f,${EXTEN})})})
+ same => n,Hangup()
+"""
 
 
-async def test_a_stasis_call_reaches_the_monitor_as_one_call_with_two_speakers_warns_the_agent_and_halts(
-    asterisk_root: Path, tmp_path: Path
+@pytest.mark.parametrize("path", ["ari", "dialplan"])
+async def test_a_two_leg_call_reaches_the_monitor_as_one_call_with_two_speakers_warns_the_agent_and_halts(
+    asterisk_root: Path, tmp_path: Path, path: str
 ) -> None:
-    """Customer → extension 301 → ``Stasis(compliance-monitor,PJSIP/agent,1001)``: the monitor's own ARI
+    """Customer ↔ collector, two sipp phones each streaming real Mandarin, and ONE monitored call with two
+    speakers. ``ari``: extension 301 → ``Stasis(compliance-monitor,PJSIP/agent,1001)``; the monitor's own ARI
     application (events websocket) dials the collector, bridges the two and snoops each leg into its AudioSocket
-    server, so the monitor holds ONE call with two speakers. The collector's speech says 交易 (the test rule
-    pack's keyword); the customer's does not. The finding on the AGENT's speech makes the policy warn the
-    collector: the whisper tone is found in the RTP to the agent's phone and not in the customer's. A
-    supervisor's halt over REST deletes both legs: both sipp phones get a BYE."""
+    server. ``dialplan``: extension 302 taps each leg into its own AudioSocket (``DIALPLAN_302``), no ARI.
+    The collector's speech says 交易 (the test rule pack's keyword); the customer's does not. The finding on the
+    AGENT's speech makes the policy warn the collector: the tone is found in the RTP to the agent's phone and
+    not in the customer's. A supervisor's halt over REST ends both legs: both sipp phones get a BYE."""
     for source, name in (
         (AUDIO / CLIP, "agent"),
         (REPO / "tests/data/real_speech/aishellsample_BAC009S0252W0100.flac", "cust"),
@@ -374,7 +399,7 @@ async def test_a_stasis_call_reaches_the_monitor_as_one_call_with_two_speakers_w
         audiosocket={"port": audiosocket_port},
         ingest={"idle_timeout_s": 60},
         ari={
-            "url": "http://127.0.0.1:8088/ari",
+            "url": "http://127.0.0.1:8088/ari" if path == "ari" else None,
             "user": "scout",
             "password": "scoutpass",
             "audiosocket_host": f"127.0.0.1:{audiosocket_port}",
@@ -383,13 +408,16 @@ async def test_a_stasis_call_reaches_the_monitor_as_one_call_with_two_speakers_w
         },
     )
     ports = {"agent": free_port() & ~1, "cust": free_port() & ~1}
-    with LiveServer(settings) as server, Asterisk(asterisk_root, audiosocket_port, STASIS_301):
+    dialplan, extension = (
+        (STASIS_301, "301") if path == "ari" else (DIALPLAN_302.replace("HTTPPORT", str(settings.server.port)), "302")
+    )
+    with LiveServer(settings) as server, Asterisk(asterisk_root, audiosocket_port, dialplan):
         ari = server.app.state.ari
-        for _ in range(120):  # the monitor's ARI application reconnects until Asterisk's ARI answers
+        for _ in range(120 if ari else 0):  # the monitor's ARI application reconnects until Asterisk's ARI answers
             if ari.connects:
                 break
             await asyncio.sleep(0.5)
-        assert ari.connects, "the monitor never connected to Asterisk's ARI events websocket"
+        assert path != "ari" or ari.connects, "the monitor never connected to Asterisk's ARI events websocket"
         async with (
             httpx.AsyncClient(base_url=server.http, timeout=30) as client,
             record_feed(f"{server.ws}/ws/console") as console,
@@ -414,7 +442,7 @@ async def test_a_stasis_call_reaches_the_monitor_as_one_call_with_two_speakers_w
             }
             await asyncio.sleep(1)
             phones["cust"] = await asyncio.create_subprocess_exec(
-                *("sipp", "-sf", "uac_stream.xml", "-s", "301", "127.0.0.1:5060", "-p", str(free_port())),
+                *("sipp", "-sf", "uac_stream.xml", "-s", extension, "127.0.0.1:5060", "-p", str(free_port())),
                 *("-mi", "127.0.0.1", "-mp", str(ports["cust"]), "-m", "1", "-nostdin", "-timeout", "150"),
                 cwd=tmp_path,
                 stdout=asyncio.subprocess.DEVNULL,
@@ -463,5 +491,6 @@ async def test_a_stasis_call_reaches_the_monitor_as_one_call_with_two_speakers_w
     assert ("warn_collector", "done") in outcomes and ("halt_call", "done") in outcomes
     to_agent = tone_seconds(rtp_payloads(tmp_path / "to_agent.pcap"))
     to_customer = tone_seconds(rtp_payloads(tmp_path / "to_cust.pcap"))
-    print(f"policy whisper tone: {to_agent:.2f} s to the agent, {to_customer:.2f} s to the customer")
-    assert to_agent >= 0.6 and to_customer == 0.0
+    print(f"{path}: policy warning tone {to_agent:.2f} s to the agent, {to_customer:.2f} s to the customer")
+    # ARI whispers a repeating tone for ari.warn_s (3 s); the AudioSocket tap plays the two 180 ms beeps (0.36 s).
+    assert to_agent >= (0.6 if path == "ari" else 0.25) and to_customer == 0.0
