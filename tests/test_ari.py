@@ -183,12 +183,20 @@ async def test_stasis_start_bridges_the_collector_and_monitors_both_legs_as_one_
             _, _, originate = next(r for r in rest.requests if r[1] == "/channels")
             assert (originate["endpoint"], originate["appArgs"]) == ("PJSIP/agent", f"{AGENT_ARG},cust-1")
             agent_channel = "obj-1"
-            # Our own snoop/externalMedia channels enter the app with no args: ignored.
+            # Our own snoop/externalMedia channels enter the app too (externalMedia with its data as arg): ignored.
             await events.queue.put({"type": "StasisStart", "args": [], "channel": {"id": "snoop-x"}})
+            await events.queue.put(
+                {
+                    "type": "StasisStart",
+                    "args": [str(uuid.uuid4())],
+                    "channel": {"id": "media-x", "name": "AudioSocket/127.0.0.1:9092-00000003"},
+                }
+            )
             await events.queue.put(
                 {"type": "StasisStart", "args": [AGENT_ARG, "cust-1"], "channel": {"id": agent_channel}}
             )
             await wait_until(lambda: sum(p == "/channels/externalMedia" for _, p, _ in rest.requests) == 2)
+            assert sum(p == "/channels" for _, p, _ in rest.requests) == 1  # only the collector was dialled
             paths = [(m, p) for m, p, _ in rest.requests]
             assert ("POST", "/channels/cust-1/answer") in paths
             assert ("POST", f"/channels/{agent_channel}/snoop") in paths and ("POST", "/channels/cust-1/snoop") in paths
@@ -229,7 +237,9 @@ async def test_a_halt_deletes_both_legs_and_the_stasis_end_that_follows_changes_
     ari = client(rest)
     app = AriApp(ari, monitor, server.registry)
     await app.handle({"type": "StasisStart", "args": ["PJSIP/agent"], "channel": {"id": "c2"}})
+    await app.drain()
     await app.handle({"type": "StasisStart", "args": [AGENT_ARG, "c2"], "channel": {"id": "obj-1"}})
+    await app.drain()
     keys = [q["data"] for _, p, q in rest.requests if p == "/channels/externalMedia"]
     legs = [await Channel.open(server) for _ in keys]
     for leg, key in zip(legs, keys, strict=True):

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from compliance_monitor.monitor import Monitor
 
 log = logging.getLogger(__name__)
+# Channels our requests create (snoops, externalMedia): they enter the app too, and are no customer's call.
+OWN_CHANNELS = ("Snoop/", "AudioSocket/", "UnicastRTP/", "WebSocket/")
 AGENT_ARG = "cm-agent-leg"  # appArgs of the collector's channel we originate: "cm-agent-leg,<customer channel>"
 
 
@@ -207,9 +209,23 @@ class AriApp:
         self._connect = connect
         self.calls: dict[str, AriCall] = {}  # by channel id, customer's and collector's
         self.connects = 0  # successful websocket connections (reconnects included)
+        # Call set-ups run beside the event reader: it keeps reading (and answering pings) while REST calls wait.
+        self._setups: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Until cancelled: the events websocket, reconnected with a doubling backoff."""
+        try:
+            await self._run()
+        finally:
+            for task in self._setups:
+                task.cancel()
+
+    async def drain(self) -> None:
+        """Wait for the call set-ups under way."""
+        while self._setups:
+            await asyncio.wait(set(self._setups))
+
+    async def _run(self) -> None:
         s = self.client.settings
         wait = s.reconnect_min_s
         while True:
@@ -230,21 +246,25 @@ class AriApp:
             wait = min(wait * 2, s.reconnect_max_s)
 
     async def handle(self, event: dict[str, Any]) -> None:
-        """One event; a failure is logged with the channel, never ends the application."""
+        """One event. A StasisStart's set-up runs in its own task; a failure is logged, never ends the application."""
         kind, channel = event.get("type"), (event.get("channel") or {})
+        if kind == "StasisStart":
+            task = asyncio.create_task(self._set_up(channel, [str(a) for a in event.get("args") or []]))
+            self._setups.add(task)
+            task.add_done_callback(self._setups.discard)
+        elif kind in ("StasisEnd", "ChannelDestroyed", "ChannelHangupRequest"):
+            await self._gone(str(channel.get("id", "")))
+
+    async def _set_up(self, channel: dict[str, Any], args: list[str]) -> None:
         try:
-            if kind == "StasisStart":
-                await self._stasis_start(channel, [str(a) for a in event.get("args") or []])
-            elif kind in ("StasisEnd", "ChannelDestroyed", "ChannelHangupRequest"):
-                await self._gone(str(channel.get("id", "")))
+            await self._stasis_start(channel, args)
         except (httpx.HTTPError, KeyError) as exc:
-            log.error("ARI: %s of channel %s: %s", kind, channel.get("id"), exc)
-            if kind == "StasisStart":
-                await self._gone(str(channel.get("id", "")), "monitor_setup_failed")
+            log.error("ARI: StasisStart of channel %s: %s: %r", channel.get("id"), type(exc).__name__, exc)
+            await self._gone(str(channel.get("id", "")), "monitor_setup_failed")
 
     async def _stasis_start(self, channel: dict[str, Any], args: list[str]) -> None:
-        if not args:
-            return  # our own snoop and externalMedia channels enter the app too
+        if not args or str(channel.get("name", "")).startswith(OWN_CHANNELS):
+            return  # our own snoop and externalMedia channels enter the app too (externalMedia with its data as arg)
         if args[0] == AGENT_ARG:
             call = self.calls.get(args[1]) if len(args) > 1 else None
             if call is not None and not call.ended:
@@ -275,7 +295,15 @@ class AriApp:
             for channel, speaker in ((agent, Speaker.AGENT), (call.customer, Speaker.CUSTOMER)):
                 call.legs.append(await attach_leg(self.client, self.registry, channel, speaker, info))
         except httpx.HTTPError as exc:  # the parties talk on: say loudly that this call is not monitored
-            log.error("ARI: call %s is bridged but NOT monitored: snooping its legs failed: %s", call.call_id, exc)
+            log.error(
+                "ARI: call %s is bridged but NOT monitored: snooping its legs failed: %s: %r",
+                call.call_id,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        if call.ended:  # a party hung up while we were snooping: what we added goes too
+            await self._release(call, call.legs)
             return
         log.info("ARI: call %s bridged (collector %s); both legs monitored", call.call_id, agent)
 
@@ -291,15 +319,21 @@ class AriApp:
         for key in (call.customer, call.agent):
             if key is not None:
                 self.calls.pop(key, None)
-        others = [c for c in (call.customer, call.agent) if c and c != channel]
-        for leg in call.legs:
-            self.registry.forget(leg.audiosocket_uuid)
-            others.append(leg.media)
-        for other in others:
-            with contextlib.suppress(httpx.HTTPError):
-                await self.client.hangup(other)
-        for bridge in [call.bridge, *(leg.bridge for leg in call.legs)]:
-            if bridge is not None:
+        for other in (call.customer, call.agent):
+            if other and other != channel:
                 with contextlib.suppress(httpx.HTTPError):
-                    await self.client.delete_bridge(bridge)
+                    await self.client.hangup(other)
+        if call.bridge is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                await self.client.delete_bridge(call.bridge)
+        await self._release(call, list(call.legs))
         log.info("ARI: call %s ended: the %s hung up", call.call_id, party)
+
+    async def _release(self, call: AriCall, legs: list[Leg]) -> None:
+        """The snoops' externalMedia channels and bridges of ``legs`` (snoops end with their parties)."""
+        for leg in legs:
+            call.legs.remove(leg)
+            self.registry.forget(leg.audiosocket_uuid)
+            with contextlib.suppress(httpx.HTTPError):
+                await self.client.hangup(leg.media)
+                await self.client.delete_bridge(leg.bridge)
