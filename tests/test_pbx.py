@@ -4,7 +4,9 @@ A sipp call to extension 100 streams real Mandarin speech (AISHELL, as 8 kHz μ-
 channel to our AudioSocket server; the monitor transcribes it with the real ASR model, the test rule fires and
 the warning tone is written back into the channel — and is found, by a packet capture, in the RTP Asterisk
 sends to that phone; a supervisor's halt over REST sends the hang-up frame, and sipp sees Asterisk's BYE.
-If the PBX cannot be built or started this test fails: it never skips.
+Two legs (extensions 300-302, two sipp phones): ARI snoops driven by hand; then ONE monitored call with two
+speakers through the monitor's own ARI Stasis application, and through dialplan AudioSocket taps without ARI.
+If the PBX cannot be built or started these tests fail: they never skip.
 """
 
 from __future__ import annotations
