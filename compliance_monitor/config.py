@@ -256,6 +256,9 @@ class AriSettings(BaseModel):
         "tone:1000/300,0/200", description="what the whisper snoop plays to the agent (repeats until removed)"
     )
     warn_s: float = Field(1.5, gt=0, description="how long the whisper snoop lives (a tone repeats until then)")
+    events: bool = Field(True, description="run the Stasis application on ARI's events websocket (see README)")
+    reconnect_min_s: float = Field(0.5, gt=0, description="first wait before reconnecting the events websocket")
+    reconnect_max_s: float = Field(30.0, gt=0, description="longest wait between reconnects (doubling backoff)")
 
 
 class EslSettings(BaseModel):

@@ -70,6 +70,9 @@ class CallStarted:
     speakers: tuple[Speaker, ...]
     metadata: dict[str, Any] = field(default_factory=dict)
     wall_time: float = field(default_factory=time.time)
+    # Set when this connection carries one party's leg of a call whose legs arrive on separate connections
+    # (Asterisk: one AudioSocket per leg); ``speakers`` then lists every leg of the call (see Monitor.live_call).
+    leg: Speaker | None = None
 
 
 @dataclass(frozen=True, slots=True)

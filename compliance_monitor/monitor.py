@@ -16,6 +16,14 @@ A bridge that drops without a stop may reconnect with the same id within ``inges
 and continues the same call (same archive row, same transcribers). A start after a call's input has
 ended is a new call: the archive never overwrites one, so it is archived, published and halted under a
 new key ``<call_id>~2`` (``~3``...), with the bridge's id kept as ``metadata.bridge_call_id``.
+
+Legs: a PBX may deliver one connection per party (Asterisk: an AudioSocket per leg, from the dialplan or from
+ARI's per-leg snoops). Such a start names its ``leg`` and lists every leg of the call in ``speakers``; the
+first leg opens the call, the others join it (one connection per leg: a second one for an attached leg is
+a duplicate, one for a dropped leg within the grace is a reconnect). Each leg's audio must carry its own
+speaker. The call's input ends when every leg that joined has ended (its hang-up frame, or its grace ran
+out) or on a halt. Halts and warnings go to a control the PBX registered for the call (``expect_call``,
+e.g. ARI's) or else to the legs' own connections: the hang-up to each leg, the warning to the agent's.
 """
 
 from __future__ import annotations
@@ -28,11 +36,86 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from compliance_monitor.ingest.base import BridgeStats, CloseCode, ProtocolError
-from compliance_monitor.messages import CallEndedEvent, CallStarted, CallStartedEvent, Outcome
+from compliance_monitor.messages import (
+    AudioChunk,
+    CallEndedEvent,
+    CallStarted,
+    CallStartedEvent,
+    ControlResult,
+    Outcome,
+    Speaker,
+)
 from compliance_monitor.pipeline import CallControl, CallSession, Services
 from compliance_monitor.privacy.mask import mask_event
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(eq=False)
+class _Leg:
+    """One connection's share of a call: the whole call (``speaker`` None) or one party's leg."""
+
+    speaker: Speaker | None
+    control: CallControl
+    attached: bool = True
+    ended: bool = False
+    grace: asyncio.TimerHandle | None = None
+
+
+class CallLeg:
+    """What a bridge connection holds while it carries a call (``Monitor.live_call``): its leg of the session."""
+
+    def __init__(self, monitor: Monitor, session: CallSession, leg: _Leg) -> None:
+        self.monitor, self.session, self._leg = monitor, session, leg
+
+    @property
+    def input_ended(self) -> bool:
+        return self.session.input_ended or self._leg.ended
+
+    async def push(self, chunk: AudioChunk) -> None:
+        if self._leg.speaker is not None and chunk.speaker is not self._leg.speaker:
+            raise ProtocolError("wrong_leg", f"{chunk.speaker} audio on the {self._leg.speaker} leg")
+        await self.session.push(chunk)
+
+    def end_input(self, reason: str) -> None:
+        """The bridge's own stop: for a leg, that party hung up; the call ends with its last leg."""
+        self.monitor._end_leg(self.session, self._leg, reason)
+
+
+class _LegControls:
+    """``CallControl`` of a call whose legs came on separate connections, or whose PBX registered a control."""
+
+    def __init__(self, legs: list[_Leg], pbx: CallControl | None) -> None:
+        self.legs, self.pbx = legs, pbx
+
+    def _attached(self) -> list[_Leg]:
+        return [leg for leg in self.legs if leg.attached and not leg.ended]
+
+    async def hangup(self, reason: str) -> ControlResult:
+        if self.pbx is not None:
+            return await self.pbx.hangup(reason)
+        legs = self._attached()
+        if not legs:
+            return ControlResult(Outcome.FAILED, "no leg of this call is connected")
+        results = [await leg.control.hangup(reason) for leg in legs]
+        failed = [r for r in results if r.outcome is not Outcome.DONE]
+        if failed:
+            return ControlResult(failed[0].outcome, "; ".join(r.detail or r.outcome.value for r in failed)[:300])
+        return ControlResult(Outcome.DONE, f"hung up {len(legs)} leg(s): " + "; ".join(r.detail for r in results))
+
+    async def warn_agent(self, prompt: str) -> ControlResult:
+        if self.pbx is not None:
+            return await self.pbx.warn_agent(prompt)
+        agent = [leg for leg in self._attached() if leg.speaker in (Speaker.AGENT, None)]
+        if not agent:
+            return ControlResult(Outcome.NOT_SUPPORTED, "no connection carries the collector's leg of this call")
+        return await agent[0].control.warn_agent(prompt)
+
+    async def lost(self, reason: str) -> None:
+        if self.pbx is not None:
+            await self.pbx.lost(reason)
+        for leg in self._attached():
+            await leg.control.lost(reason)
 
 
 class Monitor:
@@ -41,24 +124,42 @@ class Monitor:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.calls: dict[str, CallSession] = {}  # by call_id as published and archived
-        self._claims: dict[str, CallSession | None] = {}  # by the bridge's call id; None while opening
-        self._grace: dict[str, asyncio.TimerHandle] = {}  # dropped bridges that may still reconnect
+        self._claims: dict[str, CallSession] = {}  # by the bridge's call id
+        self._opening: dict[str, asyncio.Future[CallSession]] = {}  # claimed, being archived
+        self._legs: dict[CallSession, list[_Leg]] = {}
+        self._expected: dict[str, CallControl] = {}  # controls the PBX side registered, by bridge call id
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_call_done: Callable[[CallSession], Awaitable[None]] | None = None
         self.bridge_stats = BridgeStats()
 
     @property
     def live_count(self) -> int:
-        return len(self.calls) + sum(1 for claimed in self._claims.values() if claimed is None)
+        return len(self.calls) + len(self._opening)
+
+    def expect_call(self, bridge_call_id: str, control: CallControl) -> None:
+        """The PBX side (ARI) controls this call: its halts and warnings go there, not to the legs' sockets."""
+        self._expected[bridge_call_id] = control
+
+    def forget_call(self, bridge_call_id: str) -> None:
+        self._expected.pop(bridge_call_id, None)
+
+    def end_call(self, bridge_call_id: str, reason: str) -> bool:
+        """The PBX says the call is over (ARI: a leg hung up): its input ends now. False if it is not live."""
+        session = self._claims.get(bridge_call_id)
+        if session is None or session.input_ended:
+            return False
+        # During our own hangup the PBX reports each leg going before the hangup request returns: it is the halt.
+        session.end_input("halted" if session.halting else reason)
+        return True
 
     # ------------------------------------------------------------------ the bridge side
 
     @contextlib.asynccontextmanager
-    async def live_call(self, started: CallStarted, control: CallControl) -> AsyncIterator[CallSession]:
-        session = await self._attach(started, control)
+    async def live_call(self, started: CallStarted, control: CallControl) -> AsyncIterator[CallLeg]:
+        session, leg = await self._attach(started, control)
         error: str | None = None
         try:
-            yield session
+            yield CallLeg(self, session, leg)
         except ProtocolError as exc:
             error = f"protocol_error:{exc.code}"
             raise
@@ -69,65 +170,108 @@ class Monitor:
             error = "bridge_error"
             raise
         finally:
-            self._release(session, error)
+            self._release(session, leg, error)
 
-    async def _attach(self, started: CallStarted, control: CallControl) -> CallSession:
+    async def _attach(self, started: CallStarted, control: CallControl) -> tuple[CallSession, _Leg]:
         key = started.call_id
-        if key in self._claims:
-            claimed = self._claims[key]
-            if claimed is None or claimed.attached:
+        if started.leg is not None and started.leg not in started.speakers:
+            raise ProtocolError("unknown_leg", f"leg {started.leg} is not one of the call's {started.speakers}")
+        while (opening := self._opening.get(key)) is not None:
+            if started.leg is None:
                 raise ProtocolError("duplicate_call", f"call {key} is already live on another connection")
-            if not claimed.input_ended:
-                return self._resume(claimed, started, control)
-            # Its input is over (it is draining): this start is a new call under a new archive key.
+            # Another leg of this call is being opened: join it once it is (or open it, if that failed).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(opening)
+        claimed = self._claims.get(key)
+        if claimed is not None and not claimed.input_ended:
+            return claimed, self._join(claimed, started, control)
+        if claimed is not None and claimed.attached:
+            raise ProtocolError("duplicate_call", f"call {key} is already live on another connection")
+        # No call, or its input is over (it is draining): this start is a new call under a new archive key.
         limit = self.services.settings.ingest.max_live_calls
         if self.live_count >= limit:
             raise ProtocolError("too_many_calls", f"{limit} live calls already", CloseCode.TRY_AGAIN_LATER)
-        self._claims[key] = None  # claimed before the first await
+        opening = asyncio.get_running_loop().create_future()
+        self._opening[key] = opening  # claimed before the first await
         try:
-            session = await self._open(started, control)
-        except BaseException:
-            if key in self._claims and self._claims[key] is None:
-                del self._claims[key]
+            leg = _Leg(started.leg, control)
+            session = await self._open(started, leg)
+        except BaseException as exc:
+            opening.set_exception(exc if isinstance(exc, Exception) else ProtocolError("start_failed", "cancelled"))
+            opening.exception()  # retrieved: nobody may be waiting for it
             raise
+        finally:
+            del self._opening[key]
+        opening.set_result(session)
         self._claims[key] = session
-        return session
+        return session, leg
 
-    def _resume(self, session: CallSession, started: CallStarted, control: CallControl) -> CallSession:
-        if set(started.speakers) != set(session.started.speakers):
-            raise ProtocolError("reconnect_mismatch", f"call {started.call_id} resumed with other speakers")
-        if timer := self._grace.pop(session.bridge_call_id, None):
-            timer.cancel()
-        session.attached, session.control = True, control
+    def _join(self, session: CallSession, started: CallStarted, control: CallControl) -> _Leg:
+        """A connection for a call that is live: another leg, or a dropped one coming back."""
+        key = started.call_id
+        legs = self._legs[session]
+        if (started.leg is None) != (session.started.leg is None) or set(started.speakers) != set(
+            session.started.speakers
+        ):
+            raise ProtocolError("reconnect_mismatch", f"call {key} resumed with other speakers or legs")
+        leg = next((leg for leg in legs if leg.speaker is started.leg), None)
+        if leg is None:
+            leg = _Leg(started.leg, control)
+            legs.append(leg)
+            session.attached = True
+            log.info("call %s: the %s leg joined", session.call_id, started.leg)
+            return leg
+        if leg.attached:
+            raise ProtocolError("duplicate_call", f"call {key} is already live on another connection")
+        if leg.ended:
+            raise ProtocolError("leg_ended", f"the {started.leg} leg of call {key} has hung up")
+        if leg.grace is not None:
+            leg.grace.cancel()
+            leg.grace = None
+        leg.attached, leg.control = True, control
+        session.attached = True
         self.bridge_stats.calls_resumed += 1
         log.info("call %s: bridge reconnected", session.call_id)
-        return session
+        return leg
 
-    def _release(self, session: CallSession, error: str | None) -> None:
-        """The connection carrying ``session`` is gone: end its input, or wait a while for a reconnect."""
-        session.attached = False
-        if session.input_ended:
+    def _release(self, session: CallSession, leg: _Leg, error: str | None) -> None:
+        """The connection carrying ``leg`` is gone: end its input, or wait a while for a reconnect."""
+        leg.attached = False
+        session.attached = any(other.attached for other in self._legs.get(session, ()))
+        if session.input_ended or leg.ended:
             return
         if session.halting:  # the bridge closed because we are hanging up (see CallSession._hangup)
             session.end_input("halted")
             return
         grace = self.services.settings.ingest.reconnect_grace_s
         if error is None and grace > 0:  # dropped without a stop: a bridge may reconnect
-            loop = asyncio.get_running_loop()
-            self._grace[session.bridge_call_id] = loop.call_later(grace, self._grace_over, session)
+            leg.grace = asyncio.get_running_loop().call_later(grace, self._grace_over, session, leg)
         else:
-            session.end_input(error or "hangup")
+            self._end_leg(session, leg, error or "hangup")
 
-    def _grace_over(self, session: CallSession) -> None:
-        if self._grace.get(session.bridge_call_id) is not None and not session.attached:
-            del self._grace[session.bridge_call_id]
-            session.end_input("hangup")
+    def _grace_over(self, session: CallSession, leg: _Leg) -> None:
+        leg.grace = None
+        if not leg.attached:
+            self._end_leg(session, leg, "hangup")
+
+    def _end_leg(self, session: CallSession, leg: _Leg, reason: str) -> None:
+        leg.ended = True
+        if leg.grace is not None:
+            leg.grace.cancel()
+            leg.grace = None
+        if all(other.ended for other in self._legs.get(session, ())):
+            session.end_input(reason)
+        else:
+            log.info("call %s: the %s leg ended (%s); the call goes on", session.call_id, leg.speaker, reason)
 
     # ------------------------------------------------------------------ one call's life
 
-    async def _open(self, started: CallStarted, control: CallControl) -> CallSession:
+    async def _open(self, started: CallStarted, leg: _Leg) -> CallSession:
         archive = self.services.archive
         bridge_call_id = started.call_id
+        legs = [leg]
+        pbx = self._expected.get(bridge_call_id)
+        control: CallControl = leg.control if pbx is None and leg.speaker is None else _LegControls(legs, pbx)
         key = await archive.start_call(started)
         if key != bridge_call_id:
             started = dataclasses.replace(
@@ -140,6 +284,7 @@ class Monitor:
             raise
         session.bridge_call_id = bridge_call_id
         self.calls[key] = session
+        self._legs[session] = legs
         # From here the task owns the call: whatever fails in it, its finally unregisters the call.
         task = asyncio.create_task(self._run_call(session), name=f"call-{key}")
         session.task = task
@@ -195,8 +340,9 @@ class Monitor:
         self.calls.pop(session.call_id, None)
         if self._claims.get(session.bridge_call_id) is session:
             del self._claims[session.bridge_call_id]
-            if timer := self._grace.pop(session.bridge_call_id, None):
-                timer.cancel()
+        for leg in self._legs.pop(session, ()):
+            if leg.grace is not None:
+                leg.grace.cancel()
         svc.policy.end_call(session.call_id)
         self.bridge_stats.frames_dropped += session.chunks_dropped
         content = session.content
@@ -226,9 +372,11 @@ class Monitor:
         return await session.halt(reason, actor, finding_id)
 
     async def aclose(self) -> None:
-        for timer in self._grace.values():
-            timer.cancel()
-        self._grace.clear()
+        for legs in self._legs.values():
+            for leg in legs:
+                if leg.grace is not None:
+                    leg.grace.cancel()
+                    leg.grace = None
         for session in list(self.calls.values()):
             session.end_input("server_shutdown")
         if self._tasks:

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
+import websockets
+from websockets.asyncio.server import ServerConnection
 
+from compliance_monitor.api.app import build_services
 from compliance_monitor.config import AriSettings
 from compliance_monitor.ingest.audiosocket import AudioSocketRegistry, CallInfo
 from compliance_monitor.messages import Outcome, Speaker
-from compliance_monitor.telephony.ari import AriClient, AriControl, attach_leg
+from compliance_monitor.monitor import Monitor
+from compliance_monitor.telephony.ari import AGENT_ARG, AriApp, AriClient, AriControl, attach_leg
+from compliance_monitor.telephony.audiosocket import AudioSocketServer
+from tests.conftest import make_settings
+from tests.fakes import FakeDecoder
+from tests.test_audiosocket import SILENCE, Channel, speech_frames, uuid_frame
+from tests.test_live_call import settled
 
 pytestmark = pytest.mark.unit
 
@@ -89,3 +104,153 @@ async def test_warn_whispers_to_the_agent_leg_only_and_removes_the_snoop() -> No
     assert (m3, p3) == ("DELETE", "/channels/obj-1")
     assert not any("chan-cust" in p for _, p, _ in fake.requests)
     json.dumps(fake.requests)  # plain data
+
+
+# --------------------------------------------------------------------------- the Stasis application (events websocket)
+
+
+class FakeAriEvents:
+    """Asterisk's ``/ari/events`` websocket: drops the first connection at once, then sends what the test queues."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        self.requests: list[tuple[str, str | None]] = []  # (path with query, Authorization)
+
+    async def __call__(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        self.requests.append((ws.request.path, ws.request.headers.get("Authorization")))
+        if len(self.requests) == 1:
+            return  # a dropped connection: the application must reconnect
+        while True:  # until the application disconnects (a ping on a closed connection raises)
+            try:
+                event = await asyncio.wait_for(self.queue.get(), 0.1)
+            except TimeoutError:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await ws.ping()
+                    continue
+                return
+            await ws.send(json.dumps(event))
+
+
+@pytest.fixture
+async def monitored(tmp_path: Path) -> AsyncIterator[tuple[Monitor, AudioSocketServer]]:
+    settings = make_settings(tmp_path, ingest={"idle_timeout_s": 5, "drain_timeout_s": 20})
+    services = await build_services(settings, FakeDecoder)  # type: ignore[arg-type]
+    monitor = Monitor(services)
+    server = AudioSocketServer(monitor, AudioSocketRegistry(), settings)
+    await server.start()
+    yield monitor, server
+    await server.aclose()
+    await monitor.aclose()
+    await services.asr.aclose()
+    await services.bus.aclose()
+    await services.archive.aclose()
+
+
+async def wait_until(check: Callable[[], object], within_s: float = 10) -> None:
+    for _ in range(int(within_s / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition never held")
+
+
+async def test_stasis_start_bridges_the_collector_and_monitors_both_legs_as_one_call_until_a_party_hangs_up(
+    monitored: tuple[Monitor, AudioSocketServer],
+) -> None:
+    monitor, server = monitored
+    events, rest = FakeAriEvents(), FakeAri()
+    async with websockets.serve(events, "127.0.0.1", 0) as ws_server:
+        port = ws_server.sockets[0].getsockname()[1]
+        settings = AriSettings(
+            url=f"http://127.0.0.1:{port}/ari",
+            user="cm",
+            password="pw",
+            reconnect_min_s=0.05,
+        )
+        ari = AriClient(settings, httpx.MockTransport(rest))
+        app = AriApp(ari, monitor, server.registry)
+        task = asyncio.create_task(app.run())
+        try:
+            await wait_until(lambda: app.connects == 2)  # dropped once, reconnected
+            path, auth = events.requests[-1]
+            assert path == "/ari/events?app=compliance-monitor"
+            assert auth == "Basic " + base64.b64encode(b"cm:pw").decode()
+            # The customer's channel enters Stasis(compliance-monitor,PJSIP/agent,1001): the collector is dialled.
+            customer = {"id": "cust-1", "name": "PJSIP/customer-1", "caller": {"number": "13800138000"}}
+            await events.queue.put({"type": "StasisStart", "args": ["PJSIP/agent", "1001"], "channel": customer})
+            await wait_until(lambda: any(p == "/channels" for _, p, _ in rest.requests))
+            _, _, originate = next(r for r in rest.requests if r[1] == "/channels")
+            assert (originate["endpoint"], originate["appArgs"]) == ("PJSIP/agent", f"{AGENT_ARG},cust-1")
+            agent_channel = "obj-1"
+            # Our own snoop/externalMedia channels enter the app too (externalMedia with its data as arg): ignored.
+            await events.queue.put({"type": "StasisStart", "args": [], "channel": {"id": "snoop-x"}})
+            await events.queue.put(
+                {
+                    "type": "StasisStart",
+                    "args": [str(uuid.uuid4())],
+                    "channel": {"id": "media-x", "name": "AudioSocket/127.0.0.1:9092-00000003"},
+                }
+            )
+            await events.queue.put(
+                {"type": "StasisStart", "args": [AGENT_ARG, "cust-1"], "channel": {"id": agent_channel}}
+            )
+            await wait_until(lambda: sum(p == "/channels/externalMedia" for _, p, _ in rest.requests) == 2)
+            assert sum(p == "/channels" for _, p, _ in rest.requests) == 1  # only the collector was dialled
+            paths = [(m, p) for m, p, _ in rest.requests]
+            assert ("POST", "/channels/cust-1/answer") in paths
+            assert ("POST", f"/channels/{agent_channel}/snoop") in paths and ("POST", "/channels/cust-1/snoop") in paths
+            # Asterisk connects one AudioSocket per externalMedia channel, with the UUID it was given.
+            keys = [q["data"] for _, p, q in rest.requests if p == "/channels/externalMedia"]
+            legs = [await Channel.open(server) for _ in keys]
+            speech = speech_frames()
+            for leg, key in zip(legs, keys, strict=True):
+                await leg.send(uuid_frame(uuid.UUID(key)))
+            await asyncio.gather(*(leg.send(*speech) for leg in legs))
+            await wait_until(lambda: "cust-1" in monitor.calls)
+            assert list(monitor.calls) == ["cust-1"]
+            session = monitor.calls["cust-1"]
+            assert set(session.started.speakers) == {Speaker.AGENT, Speaker.CUSTOMER}
+            assert session.started.metadata["customer_number"] == "13800138000"
+            before = len(rest.requests)
+            # The customer hangs up: the collector's leg, the snoops' media and the bridges go; the call ends.
+            await events.queue.put({"type": "StasisEnd", "channel": customer})
+            await settled(monitor, 30)
+            deleted = {p for m, p, _ in rest.requests[before:] if m == "DELETE"}
+            assert f"/channels/{agent_channel}" in deleted and "/channels/cust-1" not in deleted
+            assert sum(p.startswith("/bridges/") for p in deleted) == 3  # the call's bridge and each leg's
+            call = await monitor.services.archive.get_call("cust-1")
+            assert call is not None and call["call"]["end_reason"] == "far_end_hangup:customer"
+            assert {s["speaker"] for s in call["segments"]} == {"agent", "customer"}
+            assert not app.calls and len(server.registry) == 0
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await ari.aclose()
+
+
+async def test_a_halt_deletes_both_legs_and_the_stasis_end_that_follows_changes_nothing(
+    monitored: tuple[Monitor, AudioSocketServer],
+) -> None:
+    monitor, server = monitored
+    rest = FakeAri()
+    ari = client(rest)
+    app = AriApp(ari, monitor, server.registry)
+    await app.handle({"type": "StasisStart", "args": ["PJSIP/agent"], "channel": {"id": "c2"}})
+    await app.drain()
+    await app.handle({"type": "StasisStart", "args": [AGENT_ARG, "c2"], "channel": {"id": "obj-1"}})
+    await app.drain()
+    keys = [q["data"] for _, p, q in rest.requests if p == "/channels/externalMedia"]
+    legs = [await Channel.open(server) for _ in keys]
+    for leg, key in zip(legs, keys, strict=True):
+        await leg.send(uuid_frame(uuid.UUID(key)), SILENCE)
+    await wait_until(lambda: "c2" in monitor.calls)
+    assert await monitor.halt("c2", "threat", "supervisor") is Outcome.DONE
+    assert {("DELETE", "/channels/c2"), ("DELETE", "/channels/obj-1")} <= {(m, p) for m, p, _ in rest.requests}
+    await app.handle({"type": "ChannelDestroyed", "channel": {"id": "c2"}})
+    for leg in legs:
+        leg.writer.close()
+    await settled(monitor)
+    call = await monitor.services.archive.get_call("c2")
+    assert call is not None and call["call"]["end_reason"] == "halted"
+    await ari.aclose()

@@ -29,6 +29,7 @@ from compliance_monitor.monitor import Monitor
 from compliance_monitor.pipeline import Services
 from compliance_monitor.policy.engine import PolicyEngine
 from compliance_monitor.resources import ui_dir
+from compliance_monitor.telephony.ari import AriApp, AriClient
 from compliance_monitor.telephony.audiosocket import AudioSocketServer
 from compliance_monitor.text.tokenise import Tokenizer
 
@@ -107,6 +108,11 @@ def create_app(settings: Settings, decoder_factory: DecoderFactory | None = None
             audiosocket = AudioSocketServer(app.state.monitor, app.state.audiosocket_registry, settings)
             await audiosocket.start()
         app.state.audiosocket = audiosocket
+        ari, ari_task = None, None
+        if settings.ari.url and settings.ari.events:  # the Stasis application (telephony/ari.py)
+            ari = AriApp(AriClient(settings.ari), app.state.monitor, app.state.audiosocket_registry)
+            ari_task = asyncio.create_task(ari.run(), name="ari-events")
+        app.state.ari = ari
         stop_watching = asyncio.Event()
         watcher = asyncio.create_task(services.rules.watch(stop_watching)) if settings.rules.watch else None
         try:
@@ -115,6 +121,10 @@ def create_app(settings: Settings, decoder_factory: DecoderFactory | None = None
             stop_watching.set()
             if watcher:
                 await asyncio.gather(watcher, return_exceptions=True)
+            if ari is not None and ari_task is not None:
+                ari_task.cancel()
+                await asyncio.gather(ari_task, return_exceptions=True)
+                await ari.client.aclose()
             if audiosocket is not None:
                 await audiosocket.aclose()
             await app.state.monitor.aclose()

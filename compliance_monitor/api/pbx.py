@@ -30,6 +30,16 @@ class Registration(BaseModel):
     customer_number: Short | None = None
     debtor_id: Short | None = None
     debtor_tz: Short | None = Field(None, description="IANA zone for calling-hours rules, e.g. Asia/Shanghai")
+    legs: list[Speaker] = Field(
+        default_factory=list,
+        description="every leg of the call, each on its own socket under this call_id (form body: 'agent,customer')",
+        max_length=2,
+    )
+
+    @field_validator("legs", mode="before")
+    @classmethod
+    def _legs(cls, value: Any) -> Any:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
     @field_validator("call_id")
     @classmethod
@@ -43,7 +53,8 @@ class Registration(BaseModel):
 
     def info(self) -> CallInfo:
         extra = {"customer_number": self.customer_number, "debtor_id": self.debtor_id, "debtor_tz": self.debtor_tz}
-        return CallInfo(self.call_id, self.agent_id, self.speaker, {k: v for k, v in extra.items() if v})
+        metadata = {k: v for k, v in extra.items() if v}
+        return CallInfo(self.call_id, self.agent_id, self.speaker, metadata, tuple(self.legs))
 
 
 def _checked(check: Any, value: Any) -> Any:
@@ -91,7 +102,13 @@ async def register_call(key: str, request: Request) -> dict[str, Any]:
     uuid = _uuid(key)
     info = registration.info()
     _registry(request).register(uuid, info)
-    return {"uuid": uuid, "call_id": info.call_id or uuid, "speaker": info.speaker, "agent_id": info.agent_id}
+    return {
+        "uuid": uuid,
+        "call_id": info.call_id or uuid,
+        "speaker": info.speaker,
+        "agent_id": info.agent_id,
+        "legs": list(dict.fromkeys((*info.legs, info.speaker))),
+    }
 
 
 @router.delete("/calls/{key}")

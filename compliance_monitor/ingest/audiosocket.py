@@ -9,8 +9,9 @@ dialplan then hangs up.
 
 The UUID is all the metadata the socket carries: ``AudioSocketRegistry`` maps it to the call (agent,
 which leg, customer number, debtor id and time zone), filled over REST by the dialplan (``CURL()``)
-or an ARI application before the socket connects. An unregistered UUID is the call id itself, on
-``audiosocket.default_speaker``'s leg (or refused with ``audiosocket.require_registration``).
+or an ARI application before the socket connects. Sockets registered with one call id and ``legs``
+(e.g. agent and customer) are the legs of one monitored call, one speaker each. An unregistered UUID
+is the call id itself, on ``audiosocket.default_speaker``'s leg (or refused with ``audiosocket.require_registration``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class CallInfo:
     agent_id: str | None = None
     speaker: Speaker = Speaker.CUSTOMER  # which leg this socket carries
     metadata: dict[str, Any] = field(default_factory=dict)  # customer_number, debtor_id, debtor_tz, ...
+    legs: tuple[Speaker, ...] = ()  # every leg of the call, each on its own socket (default: this one only)
 
 
 class AudioSocketRegistry:
@@ -162,7 +164,8 @@ class AudioSocketParser:
         info = info or CallInfo(speaker=self.default_speaker)
         self.uuid, self.call_id, self.speaker = key, info.call_id or key, info.speaker
         metadata = {**info.metadata, "audiosocket_uuid": key, "leg": info.speaker.value}
-        return [CallStarted(self.call_id, info.agent_id, self.bridge, (info.speaker,), metadata)]
+        legs = tuple(dict.fromkeys((*info.legs, info.speaker)))
+        return [CallStarted(self.call_id, info.agent_id, self.bridge, legs, metadata, leg=info.speaker)]
 
     def _on_audio(self, rate: int, payload: bytes) -> list[IngestMessage]:
         assert self.call_id is not None

@@ -25,8 +25,8 @@ from compliance_monitor.messages import AudioChunk, CallEnded, CallStarted
 
 if TYPE_CHECKING:
     from compliance_monitor.config import IngestSettings
-    from compliance_monitor.monitor import Monitor
-    from compliance_monitor.pipeline import CallControl, CallSession
+    from compliance_monitor.monitor import CallLeg, Monitor
+    from compliance_monitor.pipeline import CallControl
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _feed(parser: Parser, message: Message, settings: IngestSettings, stats: Bri
     return parser.feed_text(message) if isinstance(message, str) else parser.feed_bytes(message)
 
 
-async def _deliver(session: CallSession, items: list[IngestMessage], stats: BridgeStats) -> None:
+async def _deliver(session: CallLeg, items: list[IngestMessage], stats: BridgeStats) -> None:
     for item in items:
         if isinstance(item, AudioChunk):
             if session.input_ended:  # halted, or the pipeline failed: nothing would read it

@@ -10,23 +10,39 @@ What a bridged collector↔customer call needs from ARI:
 - ``AriControl.warn_agent``: a ``whisper=out`` snoop on the agent's leg, ``POST /channels/{snoop}/play`` of
   ``ari.warn_media``, and the snoop deleted after ``ari.warn_s`` (a ``tone:`` playback repeats until then).
 
-Left (see the report of issue 17): the events websocket (StasisStart / StasisEnd) and joining both legs'
-sockets into one monitored call — ``Monitor.live_call`` takes one connection per call id today.
+``AriApp`` is the Stasis application on the events websocket (``/ari/events?app=…``, HTTP Basic): a customer
+channel entering ``Stasis(app,<agent endpoint>[,<agent id>])`` gets its collector dialled into the app, both are
+bridged, and both legs are snooped into the monitor as ONE call (call id: the customer's channel id) whose
+halts and warnings go through ARI. A leg leaving Stasis (hang-up) ends the other leg and the monitored call
+(``far_end_hangup:<party>``). The websocket reconnects with a doubling backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
+import logging
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import websockets
 
 from compliance_monitor.config import AriSettings
 from compliance_monitor.ingest.audiosocket import AudioSocketRegistry, CallInfo
 from compliance_monitor.messages import ControlResult, Outcome, Speaker
+
+if TYPE_CHECKING:
+    from compliance_monitor.monitor import Monitor
+
+log = logging.getLogger(__name__)
+# Channels our requests create (snoops, externalMedia): they enter the app too, and are no customer's call.
+OWN_CHANNELS = ("Snoop/", "AudioSocket/", "UnicastRTP/", "WebSocket/")
+AGENT_ARG = "cm-agent-leg"  # appArgs of the collector's channel we originate: "cm-agent-leg,<customer channel>"
 
 
 class AriClient:
@@ -85,6 +101,27 @@ class AriClient:
         body = await self._call("POST", f"/channels/{channel}/play", media=media)
         return str(body.get("id", ""))
 
+    async def originate(self, endpoint: str, app_args: str) -> str:
+        """A new channel to ``endpoint`` that enters our Stasis app (StasisStart) once it answers."""
+        body = await self._call("POST", "/channels", endpoint=endpoint, app=self.settings.app, appArgs=app_args)
+        return str(body["id"])
+
+    async def answer(self, channel: str) -> None:
+        await self._call("POST", f"/channels/{channel}/answer")
+
+    async def delete_bridge(self, bridge: str) -> None:
+        with contextlib.suppress(httpx.HTTPStatusError):  # 404: already gone
+            await self._call("DELETE", f"/bridges/{bridge}")
+
+    def events_url(self) -> str:
+        base = self.settings.url or ""
+        scheme, rest = base.split("://", 1)
+        return f"{'wss' if scheme == 'https' else 'ws'}://{rest.rstrip('/')}/events?app={self.settings.app}"
+
+    def basic_auth(self) -> str:
+        pair = f"{self.settings.user}:{self.settings.password.get_secret_value()}"
+        return "Basic " + base64.b64encode(pair.encode()).decode()
+
 
 @dataclass
 class Leg:
@@ -101,7 +138,8 @@ async def attach_leg(
 ) -> Leg:
     """One party of the call: its snoop's audio arrives at our AudioSocket server, tagged ``speaker``."""
     key = str(uuid.uuid4())
-    registry.register(key, CallInfo(info.call_id, info.agent_id, speaker, info.metadata))
+    legs = info.legs or (Speaker.AGENT, Speaker.CUSTOMER)  # both parties' sockets join one monitored call
+    registry.register(key, CallInfo(info.call_id, info.agent_id, speaker, info.metadata, legs))
     snoop = await client.snoop(channel, spy="in")
     media = await client.external_media(key)
     return Leg(channel, speaker, key, snoop, media, await client.bridge(snoop, media))
@@ -140,3 +178,162 @@ class AriControl:
 
     async def lost(self, reason: str) -> None:
         pass  # the legs are the PBX's: losing the monitor does not end the call
+
+
+@dataclass
+class AriCall:
+    """One customer ↔ collector call our Stasis application bridged."""
+
+    call_id: str
+    customer: str
+    agent_endpoint: str
+    agent_id: str | None
+    metadata: dict[str, Any]
+    agent: str | None = None
+    bridge: str | None = None
+    legs: list[Leg] = field(default_factory=list)
+    ended: bool = False
+
+
+class AriApp:
+    """The Stasis application: bridges each customer with the collector it dials, and has both legs monitored."""
+
+    def __init__(
+        self,
+        client: AriClient,
+        monitor: Monitor,
+        registry: AudioSocketRegistry,
+        connect: Callable[..., Any] = websockets.connect,
+    ) -> None:
+        self.client, self.monitor, self.registry = client, monitor, registry
+        self._connect = connect
+        self.calls: dict[str, AriCall] = {}  # by channel id, customer's and collector's
+        self.connects = 0  # successful websocket connections (reconnects included)
+        # Call set-ups run beside the event reader: it keeps reading (and answering pings) while REST calls wait.
+        self._setups: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Until cancelled: the events websocket, reconnected with a doubling backoff."""
+        try:
+            await self._run()
+        finally:
+            for task in self._setups:
+                task.cancel()
+
+    async def drain(self) -> None:
+        """Wait for the call set-ups under way."""
+        while self._setups:
+            await asyncio.wait(set(self._setups))
+
+    async def _run(self) -> None:
+        s = self.client.settings
+        wait = s.reconnect_min_s
+        while True:
+            try:
+                async with self._connect(
+                    self.client.events_url(), additional_headers={"Authorization": self.client.basic_auth()}
+                ) as ws:
+                    self.connects += 1
+                    wait = s.reconnect_min_s
+                    log.info("ARI: events websocket connected (app %s)", s.app)
+                    async for message in ws:
+                        await self.handle(json.loads(message))
+            except (OSError, websockets.WebSocketException, TimeoutError, ValueError) as exc:
+                log.warning("ARI: events websocket lost (%s); reconnecting in %.1f s", exc, wait)
+            except Exception:  # our bug: logged, and the application goes on rather than leave calls unbridged
+                log.exception("ARI: events handling failed; reconnecting in %.1f s", wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, s.reconnect_max_s)
+
+    async def handle(self, event: dict[str, Any]) -> None:
+        """One event. A StasisStart's set-up runs in its own task; a failure is logged, never ends the application."""
+        kind, channel = event.get("type"), (event.get("channel") or {})
+        if kind == "StasisStart":
+            task = asyncio.create_task(self._set_up(channel, [str(a) for a in event.get("args") or []]))
+            self._setups.add(task)
+            task.add_done_callback(self._setups.discard)
+        elif kind in ("StasisEnd", "ChannelDestroyed", "ChannelHangupRequest"):
+            await self._gone(str(channel.get("id", "")))
+
+    async def _set_up(self, channel: dict[str, Any], args: list[str]) -> None:
+        try:
+            await self._stasis_start(channel, args)
+        except (httpx.HTTPError, KeyError) as exc:
+            log.error("ARI: StasisStart of channel %s: %s: %r", channel.get("id"), type(exc).__name__, exc)
+            await self._gone(str(channel.get("id", "")), "monitor_setup_failed")
+
+    async def _stasis_start(self, channel: dict[str, Any], args: list[str]) -> None:
+        if not args or str(channel.get("name", "")).startswith(OWN_CHANNELS):
+            return  # our own snoop and externalMedia channels enter the app too (externalMedia with its data as arg)
+        if args[0] == AGENT_ARG:
+            call = self.calls.get(args[1]) if len(args) > 1 else None
+            if call is not None and not call.ended:
+                await self._bridge(call, str(channel["id"]))
+            return
+        customer = str(channel["id"])
+        number = (channel.get("caller") or {}).get("number")
+        call = AriCall(
+            call_id=customer,
+            customer=customer,
+            agent_endpoint=args[0],
+            agent_id=args[1] if len(args) > 1 and args[1] else None,
+            metadata={"customer_number": number} if number else {},
+        )
+        self.calls[customer] = call
+        call.agent = await self.client.originate(call.agent_endpoint, f"{AGENT_ARG},{customer}")
+        self.calls[call.agent] = call
+
+    async def _bridge(self, call: AriCall, agent: str) -> None:
+        """The collector answered: bridge the parties, then snoop each leg into the monitor as one call."""
+        call.agent = agent
+        self.calls[agent] = call
+        await self.client.answer(call.customer)
+        call.bridge = await self.client.bridge(call.customer, agent)
+        self.monitor.expect_call(call.call_id, AriControl(self.client, agent, call.customer))
+        info = CallInfo(call.call_id, call.agent_id, metadata={**call.metadata, "ari_bridge": call.bridge})
+        try:
+            for channel, speaker in ((agent, Speaker.AGENT), (call.customer, Speaker.CUSTOMER)):
+                call.legs.append(await attach_leg(self.client, self.registry, channel, speaker, info))
+        except httpx.HTTPError as exc:  # the parties talk on: say loudly that this call is not monitored
+            log.error(
+                "ARI: call %s is bridged but NOT monitored: snooping its legs failed: %s: %r",
+                call.call_id,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        if call.ended:  # a party hung up while we were snooping: what we added goes too
+            await self._release(call, call.legs)
+            return
+        log.info("ARI: call %s bridged (collector %s); both legs monitored", call.call_id, agent)
+
+    async def _gone(self, channel: str, reason: str | None = None) -> None:
+        """A party left: the other leg, the snoops' media and the bridges go too, and the monitored call ends."""
+        call = self.calls.get(channel)
+        if call is None or call.ended:
+            return
+        call.ended = True
+        party = "agent" if channel == call.agent else "customer"
+        self.monitor.end_call(call.call_id, reason or f"far_end_hangup:{party}")
+        self.monitor.forget_call(call.call_id)
+        for key in (call.customer, call.agent):
+            if key is not None:
+                self.calls.pop(key, None)
+        for other in (call.customer, call.agent):
+            if other and other != channel:
+                with contextlib.suppress(httpx.HTTPError):
+                    await self.client.hangup(other)
+        if call.bridge is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                await self.client.delete_bridge(call.bridge)
+        await self._release(call, list(call.legs))
+        log.info("ARI: call %s ended: the %s hung up", call.call_id, party)
+
+    async def _release(self, call: AriCall, legs: list[Leg]) -> None:
+        """The snoops' externalMedia channels and bridges of ``legs`` (snoops end with their parties)."""
+        for leg in legs:
+            call.legs.remove(leg)
+            self.registry.forget(leg.audiosocket_uuid)
+            with contextlib.suppress(httpx.HTTPError):
+                await self.client.hangup(leg.media)
+                await self.client.delete_bridge(leg.bridge)
