@@ -62,6 +62,11 @@ class _Leg:
     grace: asyncio.TimerHandle | None = None
 
 
+def _failed(reason: str) -> bool:
+    """A connection's end that is no hang-up (see ``Monitor.live_call``): its audio stopped, not its phone call."""
+    return reason.startswith("protocol_error:") or reason in ("bridge_error", "cancelled")
+
+
 class CallLeg:
     """What a bridge connection holds while it carries a call (``Monitor.live_call``): its leg of the session."""
 
@@ -97,11 +102,17 @@ class _LegControls:
         legs = self._attached()
         if not legs:
             return ControlResult(Outcome.FAILED, "no leg of this call is connected")
-        results = [await leg.control.hangup(reason) for leg in legs]
+        # All legs at once: the legs are bridged, so the PBX may end the others as soon as one is hung up, and a
+        # leg asked later would find its connection already gone.
+        results = await asyncio.gather(*(leg.control.hangup(reason) for leg in legs))
+        done = [r for r in results if r.outcome is Outcome.DONE]
         failed = [r for r in results if r.outcome is not Outcome.DONE]
-        if failed:
+        if not done:
             return ControlResult(failed[0].outcome, "; ".join(r.detail or r.outcome.value for r in failed)[:300])
-        return ControlResult(Outcome.DONE, f"hung up {len(legs)} leg(s): " + "; ".join(r.detail for r in results))
+        detail = f"hung up {len(done)} of {len(legs)} leg(s): " + "; ".join(r.detail for r in done)
+        if failed:  # the bridged call ends with the leg that was hung up; say what the others answered
+            detail += " | not reached: " + "; ".join(r.detail or r.outcome.value for r in failed)
+        return ControlResult(Outcome.DONE, detail[:300])
 
     async def warn_agent(self, prompt: str) -> ControlResult:
         if self.pbx is not None:
@@ -261,6 +272,8 @@ class Monitor:
             leg.grace = None
         if all(other.ended for other in self._legs.get(session, ())):
             session.end_input(reason)
+        elif _failed(reason):  # that party's audio failed, not its phone: the call goes on half-heard
+            session.leg_lost(leg.speaker, reason)
         else:
             log.info("call %s: the %s leg ended (%s); the call goes on", session.call_id, leg.speaker, reason)
 

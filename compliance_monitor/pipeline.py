@@ -445,6 +445,22 @@ class CallSession:
             except Exception:
                 log.exception("call %s: monitoring lost, and the %s could not be told", self.call_id, name)
 
+    def leg_lost(self, speaker: Speaker | None, why: str) -> None:
+        """One party's connection failed while the other's goes on: half the call is no longer heard. Say so."""
+        self._spawn(self._tell_leg_lost(speaker.value if speaker else "call", why))
+
+    async def _tell_leg_lost(self, party: str, why: str) -> None:
+        message = f"the {party} leg of call {self.call_id} is no longer monitored ({why}); 该通话一方已不在监控中"
+        log.error("call %s: %s", self.call_id, message)
+        action_id = await self.services.archive.add_manual_action(
+            self.call_id, ActionKind.ALERT_SUPERVISOR.value, message, None, "monitor"
+        )
+        await self._publish_action(action_id, ActionKind.ALERT_SUPERVISOR, message, None)
+        lost = MonitoringLostEvent(
+            call_id=self.call_id, agent_id=self.agent_id, reason=f"leg_lost:{party}", message=message
+        )
+        await self.publish(lost)
+
     async def aclose(self) -> None:
         """Stop the transcribers' tasks of a session that never ran (its start failed)."""
         for tr in self._transcribers.values():

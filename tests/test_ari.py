@@ -31,9 +31,10 @@ pytestmark = pytest.mark.unit
 
 
 class FakeAri:
-    def __init__(self, gone: set[str] | None = None, fail: set[str] | None = None) -> None:
+    def __init__(self, gone: set[str] | None = None, fail: set[str] | None = None, not_in_app: int = 0) -> None:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.gone, self.fail = gone or set(), fail or set()
+        self.not_in_app = not_in_app  # addChannel answers 422 this many times (new channels not in Stasis yet)
         self.n = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -43,10 +44,25 @@ class FakeAri:
         assert request.headers["authorization"].startswith("Basic ")
         if path in self.fail:
             return httpx.Response(500, json={"message": "boom"})
+        if path.endswith("/addChannel") and self.not_in_app > 0:
+            self.not_in_app -= 1
+            return httpx.Response(422, json={"message": "Channel not in Stasis application"})
         if request.method == "DELETE":
             return httpx.Response(404 if path.rsplit("/", 1)[1] in self.gone else 204)
         self.n += 1
         return httpx.Response(200, json={"id": f"obj-{self.n}"})
+
+
+async def test_adding_channels_not_yet_in_the_app_is_retried_then_given_up() -> None:
+    fake = FakeAri(not_in_app=2)
+    bridge = await client(fake).bridge("snoop-1", "media-1")
+    adds = [r for r in fake.requests if r[1] == f"/bridges/{bridge}/addChannel"]
+    assert len(adds) == 3 and all(r[2]["channel"] == "snoop-1,media-1" for r in adds)
+
+    never = FakeAri(not_in_app=99)
+    with pytest.raises(httpx.HTTPStatusError):
+        await client(never).bridge("snoop-2", "media-2")
+    assert sum(r[1].endswith("/addChannel") for r in never.requests) == 6  # five retries, then the error
 
 
 def client(fake: FakeAri, **settings: object) -> AriClient:

@@ -16,9 +16,18 @@ import numpy as np
 import pytest
 
 from compliance_monitor.api.app import build_services
+from compliance_monitor.bus.memory import Subscription
 from compliance_monitor.ingest.audiosocket import KIND_HANGUP, KIND_SLIN, AudioSocketRegistry, CallInfo, encode_frame
 from compliance_monitor.ingest.base import ProtocolError
-from compliance_monitor.messages import AudioChunk, CallStarted, ControlResult, Outcome, Speaker
+from compliance_monitor.messages import (
+    AudioChunk,
+    CallStarted,
+    ControlResult,
+    Event,
+    MonitoringLostEvent,
+    Outcome,
+    Speaker,
+)
 from compliance_monitor.monitor import Monitor
 from compliance_monitor.telephony.audiosocket import AudioSocketServer
 from tests.conftest import make_settings
@@ -242,3 +251,34 @@ def test_the_dialplan_registers_both_legs_of_a_call_in_a_form_body() -> None:
     assert Registration.model_validate({"speaker": "customer"}).info().legs == ()
     with pytest.raises(ValueError, match="legs"):
         Registration.model_validate({"legs": "agent,nobody"})
+
+
+async def test_a_leg_whose_audio_fails_leaves_the_call_half_heard_and_a_supervisor_told(
+    pbx: tuple[Monitor, AudioSocketServer],
+) -> None:
+    monitor, _ = pbx
+    feed = monitor.services.bus.subscribe(lambda _e: True, replay_live=False)  # type: ignore[union-attr]
+    agent_started = CallStarted("half", "A1", "audiosocket", BOTH, leg=Speaker.AGENT)
+    async with monitor.live_call(agent_started, FakeTransport([])) as agent:
+        customer_started = CallStarted("half", "A1", "audiosocket", BOTH, leg=Speaker.CUSTOMER)
+        with pytest.raises(ProtocolError):
+            async with monitor.live_call(customer_started, FakeTransport([])) as customer:
+                await customer.push(AudioChunk("half", Speaker.AGENT, np.zeros(320, np.float32), 0.0))
+        await agent.session.settle_controls()  # the alert is archived and published off the bridge's path
+        assert not agent.input_ended  # the collector's leg is still heard
+        lost = [e for e in drain_events(feed) if isinstance(e, MonitoringLostEvent)]
+        assert [e.reason for e in lost] == ["leg_lost:customer"]
+        assert "protocol_error:wrong_leg" in lost[0].message
+        call = await monitor.services.archive.get_call("half")
+        assert call is not None
+        alert = next(a for a in call["actions"] if a["action"] == "alert_supervisor")
+        assert "customer leg" in alert["reason"] and alert["actor"] == "monitor"
+        agent.end_input("hangup")
+    await settled(monitor)
+
+
+def drain_events(sub: Subscription) -> list[Event]:
+    events = []
+    while not sub.queue.empty():
+        events.append(sub.queue.get_nowait())
+    return events

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # Channels our requests create (snoops, externalMedia): they enter the app too, and are no customer's call.
 OWN_CHANNELS = ("Snoop/", "AudioSocket/", "UnicastRTP/", "WebSocket/")
+ADD_CHANNEL_RETRY_S = (0.05, 0.1, 0.2, 0.4, 0.8)  # then give up: about 1.5 s in all
 AGENT_ARG = "cm-agent-leg"  # appArgs of the collector's channel we originate: "cm-agent-leg,<customer channel>"
 
 
@@ -84,8 +85,21 @@ class AriClient:
 
     async def bridge(self, *channels: str) -> str:
         body = await self._call("POST", "/bridges", type="mixing")
-        await self._call("POST", f"/bridges/{body['id']}/addChannel", channel=",".join(channels))
+        await self._add_channels(str(body["id"]), ",".join(channels))
         return str(body["id"])
+
+    async def _add_channels(self, bridge: str, channels: str) -> None:
+        """A channel we just created (snoop, externalMedia) enters the app a moment after the REST answer; until
+        then addChannel answers 422 'not in Stasis application' (seen against Asterisk 22 under load): retry."""
+        for delay in (*ADD_CHANNEL_RETRY_S, None):
+            try:
+                await self._call("POST", f"/bridges/{bridge}/addChannel", channel=channels)
+                return
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 422 or delay is None:
+                    raise
+                log.info("ARI: %s not in the app yet; adding to bridge %s again in %.2f s", channels, bridge, delay)
+                await asyncio.sleep(delay)
 
     async def hangup(self, channel: str) -> bool:
         """True when the channel is gone (ended now, or already: 404)."""
