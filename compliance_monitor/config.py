@@ -131,7 +131,15 @@ class ClassifierSettings(BaseModel):
     # (dev: model P 0.90 against the rules' 1.00 at the same recall). customer_abuse too: on the calls' ASR text
     # the model called ordinary customer lines abusive (我生意亏了，现在手上真没钱 0.88).
     labels: list[str] = Field(
-        default_factory=lambda: ["threat", "abuse", "impersonation", "third_party_disclosure"],
+        default_factory=lambda: [
+            "threat",
+            "abuse",
+            "impersonation",
+            "third_party_disclosure",
+            "misrepresentation",
+            "induced_borrowing",
+            "improper_payment",
+        ],
         description="the classifier labels that raise findings",
     )
     context: int = Field(

@@ -16,8 +16,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 # One category vocabulary for rule packs, the classifier, console events, the archive and every report.
-# The first six are what the utterance classifier is trained on (CLASSIFIER_CATEGORIES); the last three come from
-# GB/T 45251—2025 and the banking association's 2026 guideline and are, so far, rules only.
+# The first six are what the utterance classifier was first trained on (CLASSIFIER_CATEGORIES); the last three come
+# from GB/T 45251—2025 and the banking association's 2026 guideline. A model built now has heads for all nine.
 CLASSIFIER_CATEGORIES = ("threat", "abuse", "impersonation", "third_party_disclosure", "privacy_leak", "customer_abuse")
 STANDARD_CATEGORIES = ("misrepresentation", "induced_borrowing", "improper_payment")
 UTTERANCE_CATEGORIES = CLASSIFIER_CATEGORIES + STANDARD_CATEGORIES

@@ -399,6 +399,84 @@ CUSTOMER_ABUSE = [
 ]
 CO = ["某某金融", "平安普惠", "信用卡中心", "消费金融公司", "借呗合作机构", "小额贷款公司"]
 
+# The 2025 standard's three categories (GB/T 45251—2025; issue 19), written for this script like the rest: other
+# verbs and polite forms, and their lawful mirror images as hard negatives (credit reporting as it is, litigation
+# through a court, official channels, free restructuring, advice against borrowing).
+MISREPRESENTATION = [
+    "你这笔欠款已经被认定为恶意拖欠，会记入全国失信名单。",
+    "逾期满{ndays}天系统就会把你列入金融黑名单，全国的银行都查得到。",
+    "不还钱就是诈骗，这是刑事案件，不是民事的。",
+    "你这个征信以后就黑了，一辈子都贷不了款。",
+    "你欠的钱{kin}是要负连带责任的，法律上跑不掉。",
+    "再不还，你的社保和公积金都会被停掉。",
+    "欠款不还，你孩子以后上学都会受影响的。",
+    "按国家规定，逾期一天要罚{amount}的违约金。",
+    "这是法定的罚息标准，一共{amount}，一分都少不了。",
+    "你这种情况已经留下案底了，以后出国旅游都办不了签证。",
+    "我们已经把你上报到行业共享的老赖名单里了。",
+    "你名下的手机号马上会被运营商停机，这是联动惩戒。",
+    "欠钱不还属于经济犯罪，性质很严重。",
+    "现在的新规定，逾期的全部要上失信系统，高铁飞机都坐不了。",
+    "你要负刑事责任的，别以为这只是欠点钱的事。",
+    "这笔账现在滚到{amount}了，法律规定就是这么算的。",
+    "你以后住酒店、开银行卡都会被系统拦下来。",
+    "你单位要是知道你上了黑名单，肯定把你开除。",
+]
+INDUCED_BORROWING = [
+    "你去网贷平台上借一笔，先把我们这个还了。",
+    "信用卡还有额度吧，套现出来还给我们。",
+    "你找个口子撸一笔，{day}把钱还上。",
+    "借新还旧嘛，大家都是这么周转的。",
+    "花呗借呗白条都开一下，凑够{amount}还进来。",
+    "你让{kin}用他的名字贷一笔出来给你还款。",
+    "我给你推荐个贷款APP，当天就下款，先还我们的。",
+    "你把房子拿去抵押一下，钱不就有了。",
+    "找个小贷公司先垫上，以后再慢慢还他们。",
+    "你去银行申请个消费贷，拿来还我们这边。",
+    "用信用卡取现{amount}，{day}转过来。",
+    "你手机上那些借款软件都试一遍，总有一个能借到。",
+    "不行就找人借点高息的，先把我们这个结了。",
+    "我们有合作的垫资公司，帮你垫上，你再还他们。",
+    "你把公积金贷出来还我们，利息很低的。",
+    "去典当行把金首饰当了，先还一部分。",
+]
+IMPROPER_PAYMENT = [
+    "你把钱转到我个人的银行卡上，我这边给你处理。",
+    "还款直接扫我微信的收款码就行。",
+    "要撤销起诉，你得先交{amount}的手续费。",
+    "上门催收要收{amount}的外访费，这个你得出。",
+    "申请减免要先交一笔服务费，不然批不下来。",
+    "你转到我们主管的支付宝上，今天就能销账。",
+    "交{amount}的保证金，我们就暂停催收。",
+    "开结清证明要另外收工本费。",
+    "你给我转点好处费，我帮你把罚息免了。",
+    "延期还款要先交{amount}的展期费。",
+    "钱别走APP了，打到这个私人账户更快。",
+    "付一笔加急费，我帮你把征信记录消掉。",
+    "你把现金交给我们上门的同事就行，不用走公司账户。",
+    "想停诉讼就先交律师费{amount}，交了马上撤。",
+    "我发个二维码给你，扫了就算还款了。",
+    "协商分期要先交一笔协商费，按规定收的。",
+]
+NEUTRAL_STANDARD = [
+    "逾期记录会按规定报送征信系统，结清后会更新状态，保留五年。",
+    "如果协商不成，我们可能依法向法院起诉，最后以法院判决为准。",
+    "请您只通过官方APP或者公司对公账户还款，不要转给任何个人。",
+    "您可以申请延期或者分期，这个不收任何费用。",
+    "我们不建议您去借网贷或者信用卡套现来还款，那样负担更重。",
+    "罚息是按合同约定计算的，具体金额以账单为准。",
+    "失信被执行人要由法院认定，不是我们公司能决定的。",
+    "如果对金额有异议，您可以申请对账，也可以投诉。",
+    "您可以先还一部分，剩下的我们按流程申请分期。",
+    "还款请认准公司全称的对公账户，有问题拨打客服电话核实。",
+    "这是民事纠纷，不涉及刑事责任，我们希望协商解决。",
+    "结清以后我们会给您开结清证明，不收费。",
+    "如果有人让您转到私人账户，那不是我们公司的要求，请报警。",
+    "您的还款金额就是账单上的数字，没有其他费用。",
+    "减免方案经过审批就可以执行，不需要交任何押金。",
+    "您和家人商量一下，看看{day}能还多少，我们再登记。",
+]
+
 CN_DIGIT = "零一二三四五六七八九"
 
 
@@ -513,6 +591,11 @@ def rows(rng: random.Random, per_template: int) -> list[dict[str, object]]:
         out.append({"text": t, "speaker": "agent", "labels": ["third_party_disclosure", "threat"]})
         t = fill(rng.choice(ABUSE), rng).rstrip("。") + "，" + fill(rng.choice(THREAT), rng)
         out.append({"text": t, "speaker": "agent", "labels": ["abuse", "threat"]})
+    # after the rest, so the lines above stay the same for a given seed
+    add(MISREPRESENTATION, "agent", ["misrepresentation"], PREFIX)
+    add(INDUCED_BORROWING, "agent", ["induced_borrowing"], PREFIX)
+    add(IMPROPER_PAYMENT, "agent", ["improper_payment"], PREFIX)
+    add(NEUTRAL_STANDARD, "agent", [], PREFIX_NEUTRAL, k=per_template * 2)
     return out
 
 

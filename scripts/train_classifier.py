@@ -4,8 +4,12 @@
     .venv/bin/python scripts/train_classifier.py --out models/classifier
     .venv/bin/python scripts/train_classifier.py --eval-only --eval-test --out models/classifier   # once, at the end
     # the n-gram classifier shipped in the package (served when models/classifier is not built), under a minute:
-    .venv/bin/python scripts/train_classifier.py --ngram-only --max-features 20000 \
-        --dev tests/data/utterances_dev.jsonl tests/data/utterances_standard_dev.jsonl \
+    # (sklearn: pip install -e '.[train]'). The standard's categories learn from the tuning sets, and the thresholds
+    # are calibrated on lines it does not train on (utterances_dev + utterances_standard_dev3), P ≥ 0.93:
+    .venv/bin/python scripts/train_classifier.py --ngram-only --max-features 30000 --precision-target 0.93 \
+        --extra tests/data/classifier_train_extra.jsonl tests/data/classifier_train_written.jsonl \
+                tests/data/utterances_standard_dev.jsonl tests/data/utterances_standard_dev2.jsonl \
+        --dev tests/data/utterances_dev.jsonl tests/data/utterances_standard_dev3.jsonl \
         --out compliance_monitor/assets/classifier_ngram
 
 Training data: COLD train (offensive → ``abuse`` as agent and ``customer_abuse`` as customer; safe → no label, random
@@ -76,6 +80,22 @@ def load_jsonl(path: Path) -> list[Row]:
             r = json.loads(line)
             out.append((r["text"], r.get("speaker", "agent"), list(r.get("labels", []))))
     return out
+
+
+def load_dev(paths: Sequence[Path]) -> tuple[list[Row], list[frozenset[str]]]:
+    """Pooled labelled lines, and per line the labels its file never uses.
+
+    A file written before a category existed did not label it (utterances_dev.jsonl files prison threats as
+    impersonation only), so its lines are neither positives nor negatives for that category.
+    """
+    rows: list[Row] = []
+    unlabelled: list[frozenset[str]] = []
+    for path in paths:
+        part = load_jsonl(path)
+        used = {lab for _, _, labs in part for lab in labs}
+        rows += part
+        unlabelled += [frozenset(set(LABELS) - used)] * len(part)
+    return rows, unlabelled
 
 
 _s2t = None
@@ -171,15 +191,21 @@ def prf(pred: Sequence[bool], gold: Sequence[bool]) -> dict[str, float]:
 
 
 def label_metrics(
-    scores: list[dict[str, float]], data: list[Row], thresholds: dict[str, float]
+    scores: list[dict[str, float]],
+    data: list[Row],
+    thresholds: dict[str, float],
+    unlabelled: Sequence[frozenset[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
+    skip = unlabelled or [frozenset()] * len(data)
     out = {}
     for lab in LABELS:
-        pred = [s[lab] >= thresholds[lab] for s in scores]
-        gold = [lab in labs for _, _, labs in data]
-        out[lab] = prf(pred, gold)
-    pred_all = [s[lab] >= thresholds[lab] for s in scores for lab in LABELS]
-    gold_all = [lab in labs for _, _, labs in data for lab in LABELS]
+        kept = [(s, labs) for s, (_, _, labs), u in zip(scores, data, skip, strict=True) if lab not in u]
+        out[lab] = prf([s.get(lab, 0.0) >= thresholds.get(lab, 0.5) for s, _ in kept], [lab in g for _, g in kept])
+    cells = [
+        (s, labs, lab) for s, (_, _, labs), u in zip(scores, data, skip, strict=True) for lab in LABELS if lab not in u
+    ]
+    pred_all = [s.get(lab, 0.0) >= thresholds.get(lab, 0.5) for s, _, lab in cells]
+    gold_all = [lab in labs for _, labs, lab in cells]
     out["(micro)"] = prf(pred_all, gold_all)
     return out
 
@@ -189,15 +215,28 @@ def label_metrics(
 MIN_THRESHOLD = 0.5
 
 
-def calibrate(scores: list[dict[str, float]], data: list[Row], target: float = 0.9) -> dict[str, float]:
+def calibrate(
+    scores: list[dict[str, float]],
+    data: list[Row],
+    target: float = 0.9,
+    unlabelled: Sequence[frozenset[str]] | None = None,
+) -> dict[str, float]:
     """Per label: the lowest threshold (max recall) with precision ≥ target on ``data``, and at least 0.5.
 
     Where no threshold reaches ``target``: the threshold of highest precision with at least 3 true positives (ties:
     higher recall), so that an OR with the rules loses as little precision as possible; 0.5 if none.
     """
+    skip = unlabelled or [frozenset()] * len(data)
     thr = {}
     for lab in LABELS:
-        pairs = sorted(((s[lab], lab in labs) for s, (_, _, labs) in zip(scores, data, strict=True)), reverse=True)
+        pairs = sorted(
+            (
+                (s.get(lab, 0.0), lab in labs)
+                for s, (_, _, labs), u in zip(scores, data, skip, strict=True)
+                if lab not in u
+            ),
+            reverse=True,
+        )
         best_ok, best_p = None, (0.0, 0.0, 0.5)
         tp = fp = 0
         n_pos = sum(g for _, g in pairs)
@@ -292,7 +331,13 @@ def set_metrics(preds: list[set[str]], data: list[Row]) -> dict[str, dict[str, f
 
 
 def build_ngram_only(
-    rows: list[Row], cold_dev: list[tuple[str, int]], dev: list[Row], out: Path, max_features: int | None
+    rows: list[Row],
+    cold_dev: list[tuple[str, int]],
+    dev: list[Row],
+    unlabelled: list[frozenset[str]],
+    out: Path,
+    max_features: int | None,
+    target: float = 0.9,
 ) -> None:
     """The n-gram model alone, calibrated on dev like the full classifier, saved where the classifier is loaded."""
     t0 = time.monotonic()
@@ -304,10 +349,11 @@ def build_ngram_only(
     clf = UtteranceClassifier(None, [], ngram=ngram, threads=1)
     cold_s = clf.predict([t for t, _ in cold_dev], ["agent"] * len(cold_dev))
     acc = sum((x["abuse"] >= 0.5) == bool(y) for x, (_, y) in zip(cold_s, cold_dev, strict=True)) / len(cold_dev)
+    cold_abuse = prf([x["abuse"] >= 0.5 for x in cold_s], [bool(y) for _, y in cold_dev])
     dev_scores = clf.predict([t for t, _, _ in dev], [s for _, s, _ in dev])
-    thr = calibrate(dev_scores, dev)
+    thr = calibrate(dev_scores, dev, target, unlabelled)
     clf.thresholds = thr
-    mc = label_metrics(dev_scores, dev, thr)
+    mc = label_metrics(dev_scores, dev, thr, unlabelled)
     print(fmt(mc, "dev (pooled), n-gram model, calibrated thresholds", thr))
     metrics = {
         "kind": "ngram-only",
@@ -315,13 +361,16 @@ def build_ngram_only(
         "ngrams": len(ngram.vocab),
         "ngrams_before_pruning": n_all,
         "cold_dev_accuracy": round(acc, 4),
+        "cold_dev_abuse": cold_abuse,
+        "precision_target": target,
         "thresholds": thr,
         "dev_calibrated": mc,
     }
     clf.save(out, metrics)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(
-        f"n-gram model: fitted in {fit_s:.0f}s, {len(ngram.vocab)} of {n_all} n-grams, COLD dev accuracy {acc:.4f}; "
+        f"n-gram model: fitted in {fit_s:.0f}s, {len(ngram.vocab)} of {n_all} n-grams, COLD dev accuracy {acc:.4f}, "
+        f"abuse F1 {cold_abuse['f1']:.3f} (P {cold_abuse['precision']:.3f}, R {cold_abuse['recall']:.3f}); "
         f"{size / 1e6:.1f} MB in {out}"
     )
 
@@ -361,6 +410,9 @@ def main() -> None:
         help="build only the character n-gram model (seconds, not minutes: what an install can afford)",
     )
     ap.add_argument("--max-features", type=int, help="with --ngram-only: keep this many n-grams (a smaller file)")
+    ap.add_argument(
+        "--precision-target", type=float, default=0.9, help="calibrate each label to this precision on --dev"
+    )
     ap.add_argument("--eval-test", action="store_true", help="also evaluate on the held-out test set (once!)")
     args = ap.parse_args()
 
@@ -369,10 +421,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = training_rows(args.extra, args.cold, args.extra_copies, args.fragment_copies, args.seed)
     cold_dev = load_cold(args.cold / "dev.csv")
-    dev = [row for path in args.dev for row in load_jsonl(path)]
+    dev, unlabelled = load_dev(args.dev)
 
     if args.ngram_only:
-        build_ngram_only(rows, cold_dev, dev, args.out, args.max_features)
+        build_ngram_only(rows, cold_dev, dev, unlabelled, args.out, args.max_features, args.precision_target)
         return
 
     metrics: dict[str, object] = {}
@@ -404,11 +456,11 @@ def main() -> None:
         print(f"COLD dev accuracy (abuse ≥ 0.5, transformer): {acc:.4f}")
 
         dev_scores = clf.predict([t for t, _, _ in dev], [s for _, s, _ in dev])
-        m05 = label_metrics(dev_scores, dev, dict.fromkeys(LABELS, 0.5))
+        m05 = label_metrics(dev_scores, dev, dict.fromkeys(LABELS, 0.5), unlabelled)
         print(fmt(m05, "utterances_dev, transformer, thresholds 0.5"))
-        thr = calibrate(dev_scores, dev)
+        thr = calibrate(dev_scores, dev, args.precision_target, unlabelled)
         clf.thresholds = thr
-        mc = label_metrics(dev_scores, dev, thr)
+        mc = label_metrics(dev_scores, dev, thr, unlabelled)
         print(fmt(mc, "utterances_dev, transformer, calibrated thresholds (P ≥ 0.9 where achievable)", thr))
         metrics["thresholds"] = thr
         metrics["dev_at_0.5"] = m05
@@ -429,24 +481,34 @@ def main() -> None:
             f"baseline fitted in {time.monotonic() - t0:.0f}s; COLD dev accuracy (abuse ≥ 0.5, TF-IDF+LR): {bacc:.4f}"
         )
         bdev = base.predict([t for t, _, _ in dev], [s for _, s, _ in dev])
-        print(fmt(label_metrics(bdev, dev, dict.fromkeys(LABELS, 0.5)), "utterances_dev, TF-IDF baseline, 0.5"))
-        bthr = calibrate(bdev, dev)
-        print(fmt(label_metrics(bdev, dev, bthr), "utterances_dev, TF-IDF baseline, calibrated", bthr))
+        print(
+            fmt(
+                label_metrics(bdev, dev, dict.fromkeys(LABELS, 0.5), unlabelled), "utterances_dev, TF-IDF baseline, 0.5"
+            )
+        )
+        bthr = calibrate(bdev, dev, args.precision_target, unlabelled)
+        print(fmt(label_metrics(bdev, dev, bthr, unlabelled), "utterances_dev, TF-IDF baseline, calibrated", bthr))
         metrics["baseline"] = {
             "cold_dev_accuracy": round(bacc, 4),
-            "dev_at_0.5": label_metrics(bdev, dev, dict.fromkeys(LABELS, 0.5)),
+            "dev_at_0.5": label_metrics(bdev, dev, dict.fromkeys(LABELS, 0.5), unlabelled),
             "thresholds": bthr,
-            "dev_calibrated": label_metrics(bdev, dev, bthr),
+            "dev_calibrated": label_metrics(bdev, dev, bthr, unlabelled),
         }
 
     if base is not None and not args.eval_only:
         # The served model: transformer and n-grams averaged, thresholds calibrated on dev for the average.
         clf.ngram = base.export()
         edev = clf.predict([t for t, _, _ in dev], [s for _, s, _ in dev])
-        ethr = calibrate(edev, dev)
+        ethr = calibrate(edev, dev, args.precision_target, unlabelled)
         clf.thresholds = ethr
-        print(fmt(label_metrics(edev, dev, ethr), "utterances_dev, transformer + n-grams (served), calibrated", ethr))
-        metrics["ensemble"] = {"thresholds": ethr, "dev_calibrated": label_metrics(edev, dev, ethr)}
+        print(
+            fmt(
+                label_metrics(edev, dev, ethr, unlabelled),
+                "utterances_dev, transformer + n-grams (served), calibrated",
+                ethr,
+            )
+        )
+        metrics["ensemble"] = {"thresholds": ethr, "dev_calibrated": label_metrics(edev, dev, ethr, unlabelled)}
         metrics["thresholds"] = ethr
         metrics["latency_ms_batch1"] = round(clf.latency_ms(1), 2)
         clf.save(args.out, metrics)

@@ -188,6 +188,48 @@ def test_the_bundled_ngram_classifier_scores_collection_lines() -> None:
     assert 0.5 <= clf.thresholds["threat"] <= 1.0
 
 
+# Tuning lines the classifier is not trained on (tests/data/utterances_standard_dev3.jsonl, ids sd3_…): one per new
+# category, and lawful mirror images of each.
+STANDARD_VIOLATIONS = [
+    ("misrepresentation", "我们已经把您报给了全国失信黑名单，坐飞机高铁都会受限。"),
+    ("induced_borrowing", "您看能不能用信用卡先套一笔出来，把我们这边结清。"),
+    ("improper_payment", "你把钱打到我个人微信上，我给你销账。"),
+]
+STANDARD_HARD_NEGATIVES = [
+    "根据征信管理条例，逾期记录会如实报送人行征信系统，结清后保留五年。",
+    "如果一直协商不成，我们公司可能会依法向法院提起诉讼，最终以法院判决为准。",
+    "请您通过官方APP或者我们公司的对公账户还款，不要转给任何个人。",
+    "您可以申请分期还款，我们按照规定帮您提交个性化分期方案。",
+    "请不要为了还款去借网贷或者高利贷，那样只会让负担更重。",
+]
+
+
+@pytest.mark.parametrize(("label", "text"), STANDARD_VIOLATIONS)
+def test_the_bundled_classifier_has_heads_for_the_standards_categories(label: str, text: str) -> None:
+    from compliance_monitor.config import Settings
+    from compliance_monitor.detect.classifier import UtteranceClassifier
+    from compliance_monitor.resources import bundled_classifier_dir
+
+    clf = UtteranceClassifier.load(bundled_classifier_dir(), threads=1)
+    assert label in clf.labels and label in Settings().classifier.labels  # scored, and raised by the pipeline
+    (scores,) = clf.predict([text], ["agent"])
+    assert [lab for lab, _ in clf.above_threshold(scores)] == [label]
+    assert clf.thresholds[label] >= 0.5
+
+
+def test_the_bundled_classifier_leaves_lawful_talk_of_the_standards_topics_alone() -> None:
+    from compliance_monitor.detect.classifier import UtteranceClassifier
+    from compliance_monitor.resources import bundled_classifier_dir
+
+    clf = UtteranceClassifier.load(bundled_classifier_dir(), threads=1)
+    for text, scores in zip(
+        STANDARD_HARD_NEGATIVES,
+        clf.predict(STANDARD_HARD_NEGATIVES, ["agent"] * len(STANDARD_HARD_NEGATIVES)),
+        strict=True,
+    ):
+        assert clf.above_threshold(scores) == [], text
+
+
 async def test_the_demo_call_shows_a_model_finding_next_to_the_rules(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

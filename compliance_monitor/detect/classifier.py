@@ -31,7 +31,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from compliance_monitor.detect.ngram import NgramModel, marked
-from compliance_monitor.messages import CLASSIFIER_CATEGORIES
+from compliance_monitor.messages import UTTERANCE_CATEGORIES
 from compliance_monitor.text.normalise import collapse_spaces, to_half_width, to_simplified
 
 __all__ = [
@@ -45,7 +45,8 @@ __all__ = [
     "train_model",
 ]
 
-LABELS: tuple[str, ...] = CLASSIFIER_CATEGORIES  # a built model's heads; the standard's new categories are rules only
+# a newly built model's heads; a loaded model keeps its own (an older one lacks the standard's three)
+LABELS: tuple[str, ...] = UTTERANCE_CATEGORIES
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[A]", "[C]")
 _SPEAKER_TOKEN = {"agent": "[A]", "customer": "[C]"}
 
