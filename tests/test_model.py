@@ -10,6 +10,8 @@ from compliance_monitor.analysis.frames import Said
 from compliance_monitor.analysis.model import same_breath
 from compliance_monitor.detect.model import ModelDetector, RecentScores, hits_in_context, load_model_detector
 from compliance_monitor.messages import NormalisedText, Severity, Speaker, Transcript
+from compliance_monitor.text.normalise import normalise
+from compliance_monitor.text.tokenise import Tokenizer
 
 pytestmark = pytest.mark.unit
 
@@ -215,6 +217,23 @@ def test_the_bundled_classifier_has_heads_for_the_standards_categories(label: st
     (scores,) = clf.predict([text], ["agent"])
     assert [lab for lab, _ in clf.above_threshold(scores)] == [label]
     assert clf.thresholds[label] >= 0.5
+
+
+@pytest.mark.parametrize(("label", "text"), STANDARD_VIOLATIONS)
+async def test_the_served_detector_raises_the_standards_categories(label: str, text: str, tokenizer: Tokenizer) -> None:
+    """Through the detector the pipeline runs, with the default labels: the heads are not only scored but raised."""
+    from compliance_monitor.config import Settings
+    from compliance_monitor.resources import bundled_classifier_dir
+
+    detector = load_model_detector(bundled_classifier_dir(), threads=1, labels=Settings().classifier.labels)
+    assert detector is not None
+    try:
+        tr = Transcript("c-std", Speaker.AGENT, 1, text, 0.0, 3.0, True)
+        findings = await detector.detect(tr, normalise(text, tokenizer))
+    finally:
+        detector.close()
+    assert [(f.category, f.source, f.severity) for f in findings] == [(label, "model", Severity.HIGH)]
+    assert findings[0].explanation.startswith("模型判断")
 
 
 def test_the_bundled_classifier_leaves_lawful_talk_of_the_standards_topics_alone() -> None:

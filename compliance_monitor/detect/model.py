@@ -35,6 +35,10 @@ SEVERITY = {
     "abuse": Severity.WARN,
     "privacy_leak": Severity.WARN,
     "customer_abuse": Severity.INFO,
+    # The 2025 standard's categories: high, as the pack's rules for them.
+    "misrepresentation": Severity.HIGH,
+    "induced_borrowing": Severity.HIGH,
+    "improper_payment": Severity.HIGH,
 }
 EXPLANATION = {
     "threat": ("模型判断：疑似威胁恐吓。", "请勿使用威胁或暗示性的恐吓语言。"),
@@ -43,6 +47,15 @@ EXPLANATION = {
     "third_party_disclosure": ("模型判断：疑似向第三方透露债务。", "不得向他人透露或威胁透露客户债务。"),
     "privacy_leak": ("模型判断：疑似泄露个人信息。", "请勿读出完整的个人信息。"),
     "customer_abuse": ("模型判断：客户言语激动（仅提示）。", "客户情绪激动，请保持冷静。"),
+    "misrepresentation": (
+        "模型判断：疑似虚假陈述（虚构黑名单、夸大欠款或法律后果）。",
+        "请如实说明欠款金额与可能的合法后果，不得夸大。",
+    ),
+    "induced_borrowing": ("模型判断：疑似诱导借新还旧或套现还款。", "不得诱导客户向其他机构借款或套现还款。"),
+    "improper_payment": (
+        "模型判断：疑似违规收费或引导向非官方账户还款。",
+        "请只引导客户通过官方渠道还款，不得收取额外费用。",
+    ),
 }
 
 
