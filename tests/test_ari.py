@@ -15,16 +15,13 @@ import pytest
 import websockets
 from websockets.asyncio.server import ServerConnection
 
-from compliance_monitor.api.app import build_services
 from compliance_monitor.config import AriSettings
 from compliance_monitor.ingest.audiosocket import AudioSocketRegistry, CallInfo
 from compliance_monitor.messages import Outcome, Speaker
 from compliance_monitor.monitor import Monitor
 from compliance_monitor.telephony.ari import AGENT_ARG, AriApp, AriClient, AriControl, attach_leg
 from compliance_monitor.telephony.audiosocket import AudioSocketServer
-from tests.conftest import make_settings
-from tests.fakes import FakeDecoder
-from tests.test_audiosocket import SILENCE, Channel, speech_frames, uuid_frame
+from tests.test_audiosocket import SILENCE, Channel, audiosocket_monitor, speech_frames, uuid_frame
 from tests.test_live_call import settled
 
 pytestmark = pytest.mark.unit
@@ -150,17 +147,8 @@ class FakeAriEvents:
 
 @pytest.fixture
 async def monitored(tmp_path: Path) -> AsyncIterator[tuple[Monitor, AudioSocketServer]]:
-    settings = make_settings(tmp_path, ingest={"idle_timeout_s": 5, "drain_timeout_s": 20})
-    services = await build_services(settings, FakeDecoder)  # type: ignore[arg-type]
-    monitor = Monitor(services)
-    server = AudioSocketServer(monitor, AudioSocketRegistry(), settings)
-    await server.start()
-    yield monitor, server
-    await server.aclose()
-    await monitor.aclose()
-    await services.asr.aclose()
-    await services.bus.aclose()
-    await services.archive.aclose()
+    async with audiosocket_monitor(tmp_path) as running:
+        yield running
 
 
 async def wait_until(check: Callable[[], object], within_s: float = 10) -> None:

@@ -148,9 +148,10 @@ def test_audiosocket_off_loopback_requires_registration(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- over a real TCP socket
 
 
-@pytest.fixture
-async def pbx(tmp_path: Path) -> AsyncIterator[tuple[Monitor, AudioSocketServer]]:
-    settings = make_settings(tmp_path, ingest={"idle_timeout_s": 5, "reconnect_grace_s": 0.0, "drain_timeout_s": 20})
+@contextlib.asynccontextmanager
+async def audiosocket_monitor(tmp_path: Path, **ingest: float) -> AsyncIterator[tuple[Monitor, AudioSocketServer]]:
+    """A monitor (fake decoder) behind a real AudioSocket TCP server on a free port; all closed on exit."""
+    settings = make_settings(tmp_path, ingest={"idle_timeout_s": 5, "drain_timeout_s": 20, **ingest})
     services = await build_services(settings, FakeDecoder)  # type: ignore[arg-type]
     monitor = Monitor(services)
     server = AudioSocketServer(monitor, AudioSocketRegistry(), settings)
@@ -161,6 +162,12 @@ async def pbx(tmp_path: Path) -> AsyncIterator[tuple[Monitor, AudioSocketServer]
     await services.asr.aclose()
     await services.bus.aclose()
     await services.archive.aclose()
+
+
+@pytest.fixture
+async def pbx(tmp_path: Path) -> AsyncIterator[tuple[Monitor, AudioSocketServer]]:
+    async with audiosocket_monitor(tmp_path, reconnect_grace_s=0.0) as running:
+        yield running
 
 
 class Channel:

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compliance_monitor.api.app import build_services
 from compliance_monitor.bus.memory import Subscription
-from compliance_monitor.ingest.audiosocket import KIND_HANGUP, KIND_SLIN, AudioSocketRegistry, CallInfo, encode_frame
+from compliance_monitor.ingest.audiosocket import KIND_HANGUP, KIND_SLIN, CallInfo, encode_frame
 from compliance_monitor.ingest.base import ProtocolError
 from compliance_monitor.messages import (
     AudioChunk,
@@ -30,9 +29,7 @@ from compliance_monitor.messages import (
 )
 from compliance_monitor.monitor import Monitor
 from compliance_monitor.telephony.audiosocket import AudioSocketServer
-from tests.conftest import make_settings
-from tests.fakes import FakeDecoder
-from tests.test_audiosocket import SILENCE, Channel, speech_frames, uuid_frame, wait_live
+from tests.test_audiosocket import SILENCE, Channel, audiosocket_monitor, speech_frames, uuid_frame, wait_live
 from tests.test_live_call import FakeTransport, settled
 
 pytestmark = pytest.mark.unit
@@ -43,17 +40,8 @@ HANGUP = encode_frame(KIND_HANGUP)
 
 @pytest.fixture
 async def pbx(tmp_path: Path) -> AsyncIterator[tuple[Monitor, AudioSocketServer]]:
-    settings = make_settings(tmp_path, ingest={"idle_timeout_s": 5, "reconnect_grace_s": 1.0, "drain_timeout_s": 20})
-    services = await build_services(settings, FakeDecoder)  # type: ignore[arg-type]
-    monitor = Monitor(services)
-    server = AudioSocketServer(monitor, AudioSocketRegistry(), settings)
-    await server.start()
-    yield monitor, server
-    await server.aclose()
-    await monitor.aclose()
-    await services.asr.aclose()
-    await services.bus.aclose()
-    await services.archive.aclose()
+    async with audiosocket_monitor(tmp_path, reconnect_grace_s=1.0) as running:
+        yield running
 
 
 def register_legs(server: AudioSocketServer, call_id: str) -> dict[Speaker, uuid.UUID]:
