@@ -6,6 +6,12 @@ from dataclasses import dataclass
 
 from compliance_monitor.messages import Action, Finding, NormalisedText, Transcript
 
+FindingKey = tuple[str, str, int]  # (rule, speaker, segment): a partial's finding and its final's are the same one
+
+
+def finding_key(finding: Finding) -> FindingKey:
+    return (finding.rule_id, finding.speaker.value, finding.segment_no)
+
 
 @dataclass(frozen=True, slots=True)
 class Said:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from compliance_monitor.analysis.chain import Stage
-from compliance_monitor.analysis.frames import Candidate, Confirmed, Frame, Raised, Withdrawn
+from compliance_monitor.analysis.frames import Candidate, Confirmed, FindingKey, Frame, Raised, Withdrawn, finding_key
 from compliance_monitor.archive.sqlite import Archive
 from compliance_monitor.detect.engine import RuleSet
 from compliance_monitor.messages import Event, Finding, FindingConfirmedEvent, FindingEvent, FindingWithdrawnEvent
@@ -15,25 +15,21 @@ WITHDRAWN = "最终转写未出现该内容（部分转写听错或已修正）"
 Publish = Callable[[Event], Awaitable[None]]
 
 
-def _key(finding: Finding) -> tuple[str, str, int]:
-    return (finding.rule_id, finding.speaker.value, finding.segment_no)
-
-
 class RaiseStage(Stage):
     def __init__(self, call_id: str, agent_id: str, rules: RuleSet, archive: Archive, publish: Publish) -> None:
         self._call_id, self._agent_id = call_id, agent_id
         self._rules = rules
         self._archive, self._publish = archive, publish
-        self._provisional_ids: dict[tuple[str, str, int], int] = {}  # a partial's finding → its archive id
+        self._provisional_ids: dict[FindingKey, int] = {}  # a partial's finding → its archive id
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
         if isinstance(frame, Candidate):
             finding_id = await self._raise(frame.finding, frame.segment_id)
             if frame.provisional:
-                self._provisional_ids[_key(frame.finding)] = finding_id
+                self._provisional_ids[finding_key(frame.finding)] = finding_id
             yield Raised(finding_id, frame.finding)
         elif isinstance(frame, Confirmed):
-            finding_id = self._provisional_ids.pop(_key(frame.finding))
+            finding_id = self._provisional_ids.pop(finding_key(frame.finding))
             # The finding now quotes the final's words, which the archived transcript holds.
             await self._archive.link_finding(finding_id, frame.segment_id, frame.finding)
             await self._publish(self._confirmed_event(frame.finding, finding_id, frame.segment_id))
@@ -94,7 +90,7 @@ class RaiseStage(Stage):
 
     async def _withdraw(self, finding: Finding) -> None:
         """It stays in the archive, marked withdrawn, and the console and the collector's screen are told."""
-        finding_id = self._provisional_ids.pop(_key(finding))
+        finding_id = self._provisional_ids.pop(finding_key(finding))
         await self._archive.withdraw_finding(self._call_id, finding_id, WITHDRAWN)
         await self._publish(
             FindingWithdrawnEvent(

@@ -13,28 +13,24 @@ from compliance_monitor.analysis.chain import Stage
 from compliance_monitor.analysis.frames import (
     Candidate,
     Confirmed,
+    FindingKey,
     Frame,
     RulesChecked,
     Segment,
     Unsaid,
     Withdrawn,
+    finding_key,
 )
 from compliance_monitor.detect.engine import RuleSet
 from compliance_monitor.messages import Finding, Transcript
 from compliance_monitor.policy.engine import PolicyEngine
-
-_Key = tuple[str, str, int]  # (rule, speaker, segment): a partial's finding and its final's are the same one
-
-
-def _key(finding: Finding) -> _Key:
-    return (finding.rule_id, finding.speaker.value, finding.segment_no)
 
 
 class RuleStage(Stage):
     def __init__(self, rules: RuleSet, policy: PolicyEngine, partial_floor: int | None) -> None:
         self._rules, self._policy = rules, policy
         self._partial_floor = partial_floor  # severity rank checked on partials; None: finals only
-        self._provisional: dict[_Key, Finding] = {}  # raised on partials, until the final says
+        self._provisional: dict[FindingKey, Finding] = {}  # raised on partials, until the final says
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
         if isinstance(frame, Segment):
@@ -45,7 +41,7 @@ class RuleStage(Stage):
                 yield RulesChecked(frame, frozenset(f.category for f in findings))
                 return
             for finding in self._serious_and_new(findings):
-                self._provisional[_key(finding)] = finding
+                self._provisional[finding_key(finding)] = finding
                 yield Candidate(finding, None, provisional=True)
             yield frame
         elif isinstance(frame, Unsaid):
@@ -63,7 +59,7 @@ class RuleStage(Stage):
     def _on_final(self, segment: Segment, findings: list[Finding]) -> list[Frame]:
         out: list[Frame] = []
         for finding in findings:
-            if self._provisional.pop(_key(finding), None) is not None:
+            if self._provisional.pop(finding_key(finding), None) is not None:
                 out.append(Confirmed(finding, segment.segment_id))
             elif self._policy.is_new(finding):
                 out.append(Candidate(finding, segment.segment_id))
