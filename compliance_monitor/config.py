@@ -258,7 +258,10 @@ class AriSettings(BaseModel):
     user: str = "cm"
     password: SecretStr = SecretStr("")
     app: str = Field("compliance-monitor", description="the Stasis application snoops and externalMedia join")
-    timeout_s: float = Field(5.0, gt=0)
+    timeout_s: float = Field(5.0, gt=0, description="one REST request")
+    join_within_s: float = Field(
+        10.0, gt=0, description="how long a snoop/externalMedia channel we create may take to enter the app"
+    )
     audiosocket_host: str = Field("127.0.0.1:9092", description="where Asterisk reaches our AudioSocket server")
     warn_media: str = Field(
         "tone:1000/300,0/200", description="what the whisper snoop plays to the agent (repeats until removed)"

@@ -42,6 +42,7 @@ from compliance_monitor.messages import (
     CallStarted,
     CallStartedEvent,
     ControlResult,
+    MonitoringLostEvent,
     Outcome,
     Speaker,
 )
@@ -139,6 +140,7 @@ class Monitor:
         self._opening: dict[str, asyncio.Future[CallSession]] = {}  # claimed, being archived
         self._legs: dict[CallSession, list[_Leg]] = {}
         self._expected: dict[str, CallControl] = {}  # controls the PBX side registered, by bridge call id
+        self._unheard: dict[str, list[tuple[Speaker, str]]] = {}  # legs the PBX side could not tap, not yet open
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_call_done: Callable[[CallSession], Awaitable[None]] | None = None
         self.bridge_stats = BridgeStats()
@@ -153,6 +155,26 @@ class Monitor:
 
     def forget_call(self, bridge_call_id: str) -> None:
         self._expected.pop(bridge_call_id, None)
+        self._unheard.pop(bridge_call_id, None)
+
+    def leg_unmonitored(self, bridge_call_id: str, speaker: Speaker, why: str) -> None:
+        """The PBX side could not tap one party of a call it bridged: the call's supervisor alert says so, now if
+        the call is open, else as soon as the other party's audio opens it."""
+        session = self._claims.get(bridge_call_id)
+        if session is not None and not session.input_ended:
+            session.leg_lost(speaker, why)
+        else:
+            self._unheard.setdefault(bridge_call_id, []).append((speaker, why))
+
+    def call_unmonitored(self, bridge_call_id: str, agent_id: str | None, why: str) -> None:
+        """No party of a call the PBX bridged could be tapped: nothing will open it here, so tell supervisors now."""
+        self._unheard.pop(bridge_call_id, None)
+        message = f"call {bridge_call_id} is not monitored ({why}); 本通话未被监控"
+        log.error("%s", message)
+        event = MonitoringLostEvent(call_id=bridge_call_id, agent_id=agent_id, reason=why, message=message)
+        task = asyncio.create_task(self.services.bus.publish(event), name=f"unmonitored-{bridge_call_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def end_call(self, bridge_call_id: str, reason: str) -> bool:
         """The PBX says the call is over (ARI: a leg hung up): its input ends now. False if it is not live."""
@@ -298,6 +320,8 @@ class Monitor:
         session.bridge_call_id = bridge_call_id
         self.calls[key] = session
         self._legs[session] = legs
+        for speaker, why in self._unheard.pop(bridge_call_id, ()):
+            session.leg_lost(speaker, why)
         # From here the task owns the call: whatever fails in it, its finally unregisters the call.
         task = asyncio.create_task(self._run_call(session), name=f"call-{key}")
         session.task = task

@@ -56,10 +56,22 @@ async def test_adding_channels_not_yet_in_the_app_is_retried_then_given_up() -> 
     adds = [r for r in fake.requests if r[1] == f"/bridges/{bridge}/addChannel"]
     assert len(adds) == 3 and all(r[2]["channel"] == "snoop-1,media-1" for r in adds)
 
-    never = FakeAri(not_in_app=99)
+    never = FakeAri(not_in_app=999)
     with pytest.raises(httpx.HTTPStatusError):
-        await client(never).bridge("snoop-2", "media-2")
-    assert sum(r[1].endswith("/addChannel") for r in never.requests) == 6  # five retries, then the error
+        await client(never, join_within_s=0.3).bridge("snoop-2", "media-2")
+    assert sum(r[1].endswith("/addChannel") for r in never.requests) > 1
+    assert never.requests[-1][:2] == ("DELETE", "/bridges/obj-1")  # the empty bridge is not left behind
+
+
+async def test_a_tap_that_cannot_be_bridged_is_taken_down_so_no_silent_leg_opens() -> None:
+    fake, registry = FakeAri(not_in_app=999), AudioSocketRegistry()
+    ari = client(fake, join_within_s=0.1)
+    with pytest.raises(httpx.HTTPStatusError):
+        await attach_leg(ari, registry, "chan-cust", Speaker.CUSTOMER, CallInfo("call-1", "A7"))
+    deleted = [p for m, p, _ in fake.requests if m == "DELETE"]
+    assert deleted == ["/bridges/obj-3", "/channels/obj-1", "/channels/obj-2"]  # the bridge, the snoop, the media
+    assert len(registry) == 0
+    await ari.aclose()
 
 
 def client(fake: FakeAri, **settings: object) -> AriClient:
@@ -257,4 +269,64 @@ async def test_a_halt_deletes_both_legs_and_the_stasis_end_that_follows_changes_
     await settled(monitor)
     call = await monitor.services.archive.get_call("c2")
     assert call is not None and call["call"]["end_reason"] == "halted"
+    await ari.aclose()
+
+
+async def test_a_party_that_cannot_be_tapped_is_reported_to_supervisors_once_the_call_opens(
+    monitored: tuple[Monitor, AudioSocketServer],
+) -> None:
+    monitor, server = monitored
+    feed = monitor.services.bus.subscribe(lambda _e: True, replay_live=False)  # type: ignore[union-attr]
+    rest = FakeAri(fail={"/channels/c3/snoop"})
+    ari = client(rest)
+    app = AriApp(ari, monitor, server.registry)
+    await app.handle({"type": "StasisStart", "args": ["PJSIP/agent", "1001"], "channel": {"id": "c3"}})
+    await app.drain()
+    await app.handle({"type": "StasisStart", "args": [AGENT_ARG, "c3"], "channel": {"id": "obj-1"}})
+    await app.drain()
+    [key] = [q["data"] for _, p, q in rest.requests if p == "/channels/externalMedia"]  # the collector's tap only
+    leg = await Channel.open(server)
+    await leg.send(uuid_frame(uuid.UUID(key)), SILENCE)
+    await wait_until(lambda: "c3" in monitor.calls)
+    session = monitor.calls["c3"]
+    await wait_until(lambda: any(e.type == "monitoring_lost" for e in list(feed.queue._queue)))  # type: ignore[attr-defined]
+    await session.settle_controls()
+    [lost] = [e for e in list(feed.queue._queue) if e.type == "monitoring_lost"]  # type: ignore[attr-defined]
+    assert lost.call_id == "c3" and lost.reason == "leg_lost:customer" and "ari_snoop_failed" in lost.message
+    await app.handle({"type": "StasisEnd", "channel": {"id": "c3"}})
+    leg.writer.close()
+    await settled(monitor)
+    call = await monitor.services.archive.get_call("c3")
+    assert call is not None
+    alert = next(a for a in call["actions"] if a["action"] == "alert_supervisor")
+    assert "customer leg" in alert["reason"] and "ari_snoop_failed" in alert["reason"]
+    await ari.aclose()
+
+
+async def test_a_call_neither_party_of_which_can_be_tapped_is_reported_at_once(
+    monitored: tuple[Monitor, AudioSocketServer],
+) -> None:
+    monitor, server = monitored
+    feed = monitor.services.bus.subscribe(lambda _e: True, replay_live=False)  # type: ignore[union-attr]
+    rest = FakeAri(fail={"/channels/externalMedia"})
+    ari = client(rest)
+    app = AriApp(ari, monitor, server.registry)
+    await app.handle({"type": "StasisStart", "args": ["PJSIP/agent", "1001"], "channel": {"id": "c4"}})
+    await app.drain()
+    await app.handle({"type": "StasisStart", "args": [AGENT_ARG, "c4"], "channel": {"id": "obj-1"}})
+    await app.drain()
+    await wait_until(lambda: not feed.queue.empty())
+    lost = feed.queue.get_nowait()
+    assert (lost.type, lost.call_id, lost.agent_id, lost.reason) == (
+        "monitoring_lost",
+        "c4",
+        "1001",
+        "ari_snoop_failed",
+    )
+    snoops = [p for m, p, _ in rest.requests if m == "POST" and p.endswith("/snoop")]
+    deleted = [p for m, p, _ in rest.requests if m == "DELETE"]
+    assert len(snoops) == 2 and len(set(deleted)) == 2  # each half-made tap (its snoop) taken down...
+    assert not {"/channels/c4", "/channels/obj-1"} & set(deleted)  # ... and neither party: they talk on
+    assert len(server.registry) == 0 and not monitor.calls
+    await app.handle({"type": "StasisEnd", "channel": {"id": "c4"}})
     await ari.aclose()

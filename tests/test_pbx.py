@@ -65,8 +65,17 @@ class Asterisk:
     def cli(self, command: str) -> subprocess.CompletedProcess[str]:
         return _run("chroot", str(self.root), "/usr/sbin/asterisk", "-rx", command, timeout=15)
 
+    def state(self) -> str:
+        """What Asterisk holds now, for a failure's message: channels, bridges, RTP counts, its log since start."""
+        commands = ("core show channels verbose", "bridge show all", "pjsip show channelstats")
+        shown = "\n".join(f"*CLI> {c}\n{self.cli(c).stdout}" for c in commands)
+        log = (self.root / "var/log/asterisk/messages").read_text(errors="replace")[self.log_from :]
+        return f"{shown}\n--- Asterisk's log ---\n{log[-6000:]}"
+
     def __enter__(self) -> Asterisk:
         self.cli("core stop now")  # one left over from an interrupted run
+        messages = self.root / "var/log/asterisk/messages"
+        self.log_from = len(messages.read_text(errors="replace")) if messages.exists() else 0
         self.proc = subprocess.Popen(
             ["chroot", str(self.root), "/usr/sbin/asterisk", "-f", "-U", "asterisk", "-G", "asterisk"],
             stdin=subprocess.DEVNULL,
@@ -79,6 +88,7 @@ class Asterisk:
                 err = self.proc.stderr.read().decode()[-2000:] if self.proc.stderr else ""
                 pytest.fail(f"Asterisk did not start in {self.root}: {err}")
             time.sleep(0.5)
+        self.cli("core set verbose 4")  # channels, bridges and Stasis into its log, for a failure's message
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -98,8 +108,8 @@ def asterisk_root() -> Path:
     return build_root()
 
 
-def rtp_payloads(pcap: Path) -> list[bytes]:
-    """The RTP payloads of a loopback capture (pcap, Ethernet link layer, IPv4/UDP)."""
+def rtp_payloads(pcap: Path, *, dst_port: int | None = None) -> list[bytes]:
+    """The RTP payloads of a loopback capture (pcap, Ethernet link layer, IPv4/UDP), or those to ``dst_port``."""
     data = pcap.read_bytes()
     link = struct.unpack("<I", data[20:24])[0]
     skip = {1: 14, 113: 16, 0: 4}[link]  # Ethernet, Linux cooked, BSD loopback
@@ -110,7 +120,10 @@ def rtp_payloads(pcap: Path) -> list[bytes]:
         pos += 16 + caplen
         ip = packet[skip:]
         udp = ip[(ip[0] & 0x0F) * 4 :]
+        dest = struct.unpack("!H", udp[2:4])[0]
         rtp = udp[8:]
+        if dst_port not in (None, dest):
+            continue
         if len(rtp) > 12 and rtp[0] >> 6 == 2:
             out.append(rtp[12 + 4 * (rtp[0] & 0x0F) :])
     return out
@@ -281,7 +294,7 @@ async def test_a_two_leg_call_reaches_the_monitor_as_one_call_with_two_speakers_
     dialplan, extension = (
         (STASIS_301, "301") if path == "ari" else (DIALPLAN_302.replace("HTTPPORT", str(settings.server.port)), "302")
     )
-    with LiveServer(settings) as server, Asterisk(asterisk_root, audiosocket_port, dialplan):
+    with LiveServer(settings) as server, Asterisk(asterisk_root, audiosocket_port, dialplan) as asterisk:
         ari = server.app.state.ari
         for _ in range(120 if ari else 0):  # the monitor's ARI application reconnects until Asterisk's ARI answers
             if ari.connects:
@@ -294,7 +307,7 @@ async def test_a_two_leg_call_reaches_the_monitor_as_one_call_with_two_speakers_
         ):
             captures = {
                 leg: await asyncio.create_subprocess_exec(
-                    *("tcpdump", "-i", "lo", "-U", "-w", str(tmp_path / f"to_{leg}.pcap"), f"udp dst port {mp}"),
+                    *("tcpdump", "-i", "lo", "-U", "-w", str(tmp_path / f"{leg}.pcap"), f"udp port {mp}"),
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.DEVNULL,
                 )
@@ -332,13 +345,19 @@ async def test_a_two_leg_call_reaches_the_monitor_as_one_call_with_two_speakers_
                 assert warned["outcome"] == "done", warned
                 finals = {e["speaker"] for e in events if e["type"] == "transcript" and e["final"] and e["text"]}
                 if finals != {"agent", "customer"}:  # the customer's digits may come after the agent's finding
-                    await console.wait_for(
-                        lambda ev: any(
-                            e["type"] == "transcript" and e["final"] and e["text"] and e["speaker"] == "customer"
-                            for e in ev
-                        ),
-                        60,
-                    )
+                    try:
+                        await console.wait_for(
+                            lambda ev: any(
+                                e["type"] == "transcript" and e["final"] and e["text"] and e["speaker"] == "customer"
+                                for e in ev
+                            ),
+                            60,
+                        )
+                    except TimeoutError:
+                        capture = tmp_path / "cust.pcap"
+                        sent = len(rtp_payloads(capture)) - len(rtp_payloads(capture, dst_port=ports["cust"]))
+                        state = asterisk.state()
+                        pytest.fail(f"no customer transcript; {sent} RTP packets from the customer phone;\n{state}")
                 assert list(server.app.state.monitor.calls) == [call_id]  # one call, not one per leg
                 halted = await client.post(f"/api/calls/{call_id}/halt", json={"reason": "supervisor halt"})
                 assert halted.json()["outcome"] == "done", halted.text
@@ -359,8 +378,8 @@ async def test_a_two_leg_call_reaches_the_monitor_as_one_call_with_two_speakers_
     assert {s["speaker"] for s in call["segments"]} == {"agent", "customer"}
     outcomes = {(a["action"], a["outcome"]) for a in call["actions"]}
     assert ("warn_collector", "done") in outcomes and ("halt_call", "done") in outcomes
-    to_agent = tone_seconds(rtp_payloads(tmp_path / "to_agent.pcap"))
-    to_customer = tone_seconds(rtp_payloads(tmp_path / "to_cust.pcap"))
+    to_agent = tone_seconds(rtp_payloads(tmp_path / "agent.pcap", dst_port=ports["agent"]))
+    to_customer = tone_seconds(rtp_payloads(tmp_path / "cust.pcap", dst_port=ports["cust"]))
     print(f"{path}: policy warning tone {to_agent:.2f} s to the agent, {to_customer:.2f} s to the customer")
     # ARI whispers a repeating tone for ari.warn_s (3 s); the AudioSocket tap plays the two 180 ms beeps (0.36 s).
     assert to_agent >= (0.6 if path == "ari" else 0.25) and to_customer == 0.0

@@ -11,9 +11,9 @@ What a bridged collector↔customer call needs from ARI:
   ``ari.warn_media``, and the snoop deleted after ``ari.warn_s`` (a ``tone:`` playback repeats until then).
 
 ``AriApp`` is the Stasis application on the events websocket (``/ari/events?app=…``, HTTP Basic): a customer
-channel entering ``Stasis(app,<agent endpoint>[,<agent id>])`` gets its collector dialled into the app, both are
-bridged, and both legs are snooped into the monitor as ONE call (call id: the customer's channel id) whose
-halts and warnings go through ARI. A leg leaving Stasis (hang-up) ends the other leg and the monitored call
+channel entering ``Stasis(app,<agent endpoint>[,<agent id>])`` gets its collector dialled into the app, both legs
+are snooped into the monitor as ONE call (call id: the customer's channel id), and only then answered and bridged;
+its halts and warnings go through ARI. A leg leaving Stasis (hang-up) ends the other leg and the monitored call
 (``far_end_hangup:<party>``). The websocket reconnects with a doubling backoff.
 """
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # Channels our requests create (snoops, externalMedia): they enter the app too, and are no customer's call.
 OWN_CHANNELS = ("Snoop/", "AudioSocket/", "UnicastRTP/", "WebSocket/")
-ADD_CHANNEL_RETRY_S = (0.05, 0.1, 0.2, 0.4, 0.8)  # then give up: about 1.5 s in all
+ADD_CHANNEL_RETRY_S = (0.05, 0.5)  # first and longest wait between addChannel tries (doubling)
 AGENT_ARG = "cm-agent-leg"  # appArgs of the collector's channel we originate: "cm-agent-leg,<customer channel>"
 
 
@@ -84,22 +84,32 @@ class AriClient:
         return str(body["id"])
 
     async def bridge(self, *channels: str) -> str:
-        body = await self._call("POST", "/bridges", type="mixing")
-        await self._add_channels(str(body["id"]), ",".join(channels))
-        return str(body["id"])
+        bridge = str((await self._call("POST", "/bridges", type="mixing"))["id"])
+        try:
+            await self._add_channels(bridge, ",".join(channels))
+        except BaseException:
+            with contextlib.suppress(httpx.HTTPError):
+                await self.delete_bridge(bridge)
+            raise
+        return bridge
 
     async def _add_channels(self, bridge: str, channels: str) -> None:
         """A channel we just created (snoop, externalMedia) enters the app a moment after the REST answer; until
-        then addChannel answers 422 'not in Stasis application' (seen against Asterisk 22 under load): retry."""
-        for delay in (*ADD_CHANNEL_RETRY_S, None):
+        then addChannel answers 422 'not in Stasis application'. Against Asterisk 22 with ASR busy on both cores
+        that moment passed 1.5 s: retry, doubling the wait, for up to ``ari.join_within_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.join_within_s
+        delay, longest = ADD_CHANNEL_RETRY_S
+        while True:
             try:
                 await self._call("POST", f"/bridges/{bridge}/addChannel", channel=channels)
                 return
             except httpx.HTTPStatusError as exc:
-                if exc.response.status_code != 422 or delay is None:
+                if exc.response.status_code != 422 or loop.time() + delay > deadline:
                     raise
                 log.info("ARI: %s not in the app yet; adding to bridge %s again in %.2f s", channels, bridge, delay)
                 await asyncio.sleep(delay)
+                delay = min(delay * 2, longest)
 
     async def hangup(self, channel: str) -> bool:
         """True when the channel is gone (ended now, or already: 404)."""
@@ -154,9 +164,17 @@ async def attach_leg(
     key = str(uuid.uuid4())
     legs = info.legs or (Speaker.AGENT, Speaker.CUSTOMER)  # both parties' sockets join one monitored call
     registry.register(key, CallInfo(info.call_id, info.agent_id, speaker, info.metadata, legs))
-    snoop = await client.snoop(channel, spy="in")
-    media = await client.external_media(key)
-    return Leg(channel, speaker, key, snoop, media, await client.bridge(snoop, media))
+    created: list[str] = []
+    try:
+        created.append(await client.snoop(channel, spy="in"))
+        created.append(await client.external_media(key))
+        return Leg(channel, speaker, key, *created, await client.bridge(*created))
+    except BaseException:  # a half-made tap would open a silent leg: take it down
+        registry.forget(key)
+        for made in created:
+            with contextlib.suppress(httpx.HTTPError):
+                await client.hangup(made)
+        raise
 
 
 class AriControl:
@@ -298,28 +316,30 @@ class AriApp:
         self.calls[call.agent] = call
 
     async def _bridge(self, call: AriCall, agent: str) -> None:
-        """The collector answered: bridge the parties, then snoop each leg into the monitor as one call."""
+        """The collector answered: tap each party into the monitor as one call, then answer and bridge them.
+
+        Tapped first, so the monitor hears the call from its first word, and each party's audio hook is on its
+        channel before the channels meet in a bridge (none of the bridge's re-evaluation races a new hook)."""
         call.agent = agent
         self.calls[agent] = call
-        await self.client.answer(call.customer)
-        call.bridge = await self.client.bridge(call.customer, agent)
         self.monitor.expect_call(call.call_id, AriControl(self.client, agent, call.customer))
-        info = CallInfo(call.call_id, call.agent_id, metadata={**call.metadata, "ari_bridge": call.bridge})
-        try:
-            for channel, speaker in ((agent, Speaker.AGENT), (call.customer, Speaker.CUSTOMER)):
+        info = CallInfo(call.call_id, call.agent_id, metadata=call.metadata)
+        for channel, speaker in ((agent, Speaker.AGENT), (call.customer, Speaker.CUSTOMER)):
+            try:
                 call.legs.append(await attach_leg(self.client, self.registry, channel, speaker, info))
-        except httpx.HTTPError as exc:  # the parties talk on: say loudly that this call is not monitored
-            log.error(
-                "ARI: call %s is bridged but NOT monitored: snooping its legs failed: %s: %r",
-                call.call_id,
-                type(exc).__name__,
-                exc,
-            )
-            return
-        if call.ended:  # a party hung up while we were snooping: what we added goes too
+            except httpx.HTTPError as exc:  # the parties will talk anyway: the supervisor is told who is not heard
+                why = f"ari_snoop_failed:{type(exc).__name__}"
+                log.error("ARI: call %s: the %s leg is NOT monitored: %r", call.call_id, speaker, exc)
+                self.monitor.leg_unmonitored(call.call_id, speaker, why)
+        if not call.legs:
+            self.monitor.call_unmonitored(call.call_id, call.agent_id, "ari_snoop_failed")
+        if not call.ended:
+            await self.client.answer(call.customer)
+            call.bridge = await self.client.bridge(call.customer, agent)
+        if call.ended:  # a party hung up while we were setting up: what we added goes too
             await self._release(call, call.legs)
             return
-        log.info("ARI: call %s bridged (collector %s); both legs monitored", call.call_id, agent)
+        log.info("ARI: call %s bridged (collector %s); %d of 2 legs monitored", call.call_id, agent, len(call.legs))
 
     async def _gone(self, channel: str, reason: str | None = None) -> None:
         """A party left: the other leg, the snoops' media and the bridges go too, and the monitored call ends."""
