@@ -262,6 +262,10 @@ class AriSettings(BaseModel):
     join_within_s: float = Field(
         10.0, gt=0, description="how long a snoop/externalMedia channel we create may take to enter the app"
     )
+    tap_check_s: float = Field(
+        5.0, gt=0, description="how long a tapped party may carry no audio after bridging before its tap is rebuilt"
+    )
+    tap_rebuilds: int = Field(2, ge=0, description="rebuilds of a silent tap before supervisors are told")
     audiosocket_host: str = Field("127.0.0.1:9092", description="where Asterisk reaches our AudioSocket server")
     warn_media: str = Field(
         "tone:1000/300,0/200", description="what the whisper snoop plays to the agent (repeats until removed)"

@@ -330,3 +330,40 @@ async def test_a_call_neither_party_of_which_can_be_tapped_is_reported_at_once(
     assert len(server.registry) == 0 and not monitor.calls
     await app.handle({"type": "StasisEnd", "channel": {"id": "c4"}})
     await ari.aclose()
+
+
+async def test_a_tap_that_carries_no_audio_is_rebuilt_then_reported_while_a_heard_one_is_left_alone(
+    monitored: tuple[Monitor, AudioSocketServer],
+) -> None:
+    monitor, server = monitored
+    feed = monitor.services.bus.subscribe(lambda _e: True, replay_live=False)  # type: ignore[union-attr]
+    rest = FakeAri()
+    ari = client(rest, tap_check_s=0.3, tap_rebuilds=1)
+    app = AriApp(ari, monitor, server.registry)
+    await app.handle({"type": "StasisStart", "args": ["PJSIP/agent", "1001"], "channel": {"id": "c5"}})
+    await app.drain()
+    await app.handle({"type": "StasisStart", "args": [AGENT_ARG, "c5"], "channel": {"id": "obj-1"}})
+    await app.drain()
+    call = app.calls["c5"]
+    agent_leg, customer_leg = call.legs
+    sockets = [await Channel.open(server) for _ in call.legs]
+    await sockets[0].send(uuid_frame(uuid.UUID(agent_leg.audiosocket_uuid)), SILENCE)  # the collector is heard
+    await sockets[1].send(uuid_frame(uuid.UUID(customer_leg.audiosocket_uuid)))  # the customer's tap: nothing
+    await wait_until(lambda: any(e.type == "monitoring_lost" for e in list(feed.queue._queue)))  # type: ignore[attr-defined]
+    snoops = [p for m, p, _ in rest.requests if m == "POST" and p.endswith("/snoop")]
+    assert snoops == ["/channels/obj-1/snoop", "/channels/c5/snoop", "/channels/c5/snoop"]  # one rebuild, customer's
+    rebuilt = call.legs[1]
+    assert rebuilt.media == customer_leg.media and rebuilt.audiosocket_uuid == customer_leg.audiosocket_uuid
+    assert (rebuilt.snoop, rebuilt.bridge) != (customer_leg.snoop, customer_leg.bridge)
+    moved = next(q for _, p, q in rest.requests if p == f"/bridges/{rebuilt.bridge}/addChannel")
+    assert moved["channel"] == f"{rebuilt.snoop},{customer_leg.media}"  # the same socket, into the new bridge
+    deleted = {p for m, p, _ in rest.requests if m == "DELETE"}
+    assert {f"/channels/{customer_leg.snoop}", f"/bridges/{customer_leg.bridge}"} <= deleted
+    assert call.legs[0] == agent_leg  # the heard tap is left alone
+    [lost] = [e for e in list(feed.queue._queue) if e.type == "monitoring_lost"]  # type: ignore[attr-defined]
+    assert lost.reason == "leg_lost:customer" and "tap_silent" in lost.message
+    await app.handle({"type": "StasisEnd", "channel": {"id": "c5"}})
+    for sock in sockets:
+        sock.writer.close()
+    await settled(monitor)
+    await ari.aclose()

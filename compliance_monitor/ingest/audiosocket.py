@@ -71,13 +71,14 @@ class AudioSocketRegistry:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, CallInfo]] = OrderedDict()
+        self._heard: set[str] = set()  # registered UUIDs whose socket has carried audio
 
     def register(self, key: str, info: CallInfo) -> None:
         self._expire()
         self._entries.pop(key, None)
         self._entries[key] = (time.monotonic() + self.ttl_s, info)
         while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+            self._heard.discard(self._entries.popitem(last=False)[0])
 
     def lookup(self, key: str) -> CallInfo | None:
         """Kept after the lookup: a socket that reconnects with the same UUID continues the same call."""
@@ -86,7 +87,16 @@ class AudioSocketRegistry:
         return entry[1] if entry else None
 
     def forget(self, key: str) -> bool:
+        self._heard.discard(key)
         return self._entries.pop(key, None) is not None
+
+    def mark_heard(self, key: str) -> None:
+        if key in self._entries:
+            self._heard.add(key)
+
+    def heard(self, key: str) -> bool:
+        """Whether audio has arrived on the socket of this registration (the PBX side checks its taps so)."""
+        return key in self._heard
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -94,7 +104,7 @@ class AudioSocketRegistry:
     def _expire(self) -> None:
         now = time.monotonic()
         while self._entries and next(iter(self._entries.values()))[0] < now:
-            self._entries.popitem(last=False)
+            self._heard.discard(self._entries.popitem(last=False)[0])
 
 
 def normalise_uuid(text: str) -> str:
@@ -171,6 +181,8 @@ class AudioSocketParser:
         assert self.call_id is not None
         if self.rate is None:
             self.rate, self._resampler = rate, StreamResampler(rate)
+            if self.uuid is not None:
+                self.registry.mark_heard(self.uuid)
         elif rate != self.rate:
             raise ProtocolError("rate_changed", f"audio at {rate} Hz after {self.rate} Hz", CloseCode.UNSUPPORTED_DATA)
         if len(payload) % 2:

@@ -14,7 +14,9 @@ What a bridged collector↔customer call needs from ARI:
 channel entering ``Stasis(app,<agent endpoint>[,<agent id>])`` gets its collector dialled into the app, both legs
 are snooped into the monitor as ONE call (call id: the customer's channel id), and only then answered and bridged;
 its halts and warnings go through ARI. A leg leaving Stasis (hang-up) ends the other leg and the monitored call
-(``far_end_hangup:<party>``). The websocket reconnects with a doubling backoff.
+(``far_end_hangup:<party>``). A tap whose socket carries no audio ``ari.tap_check_s`` after bridging is rebuilt (new
+snoop and bridge, same socket) up to ``ari.tap_rebuilds`` times, then reported to supervisors as a party not heard.
+The websocket reconnects with a doubling backoff.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import uuid
@@ -83,8 +86,8 @@ class AriClient:
         )
         return str(body["id"])
 
-    async def bridge(self, *channels: str) -> str:
-        bridge = str((await self._call("POST", "/bridges", type="mixing"))["id"])
+    async def bridge(self, *channels: str, kind: str = "mixing") -> str:
+        bridge = str((await self._call("POST", "/bridges", type=kind))["id"])
         try:
             await self._add_channels(bridge, ",".join(channels))
         except BaseException:
@@ -177,6 +180,23 @@ async def attach_leg(
         raise
 
 
+async def rebuild_tap(client: AriClient, leg: Leg) -> Leg:
+    """A new snoop and bridge for a tap that carries no audio; its externalMedia channel (our socket) stays.
+
+    Adding the media channel to the new bridge moves it out of the old one, so the socket sees no gap."""
+    snoop = await client.snoop(leg.channel, spy="in")
+    try:
+        bridge = await client.bridge(snoop, leg.media)
+    except BaseException:
+        with contextlib.suppress(httpx.HTTPError):
+            await client.hangup(snoop)
+        raise
+    with contextlib.suppress(httpx.HTTPError):
+        await client.hangup(leg.snoop)
+        await client.delete_bridge(leg.bridge)
+    return dataclasses.replace(leg, snoop=snoop, bridge=bridge)
+
+
 class AriControl:
     """``CallControl`` for a call whose legs are ARI channels."""
 
@@ -225,6 +245,7 @@ class AriCall:
     bridge: str | None = None
     legs: list[Leg] = field(default_factory=list)
     ended: bool = False
+    watch: asyncio.Task[None] | None = None  # checks that each tap carries audio
 
 
 class AriApp:
@@ -251,6 +272,9 @@ class AriApp:
         finally:
             for task in self._setups:
                 task.cancel()
+            for call in self.calls.values():
+                if call.watch is not None:
+                    call.watch.cancel()
 
     async def drain(self) -> None:
         """Wait for the call set-ups under way."""
@@ -335,11 +359,35 @@ class AriApp:
             self.monitor.call_unmonitored(call.call_id, call.agent_id, "ari_snoop_failed")
         if not call.ended:
             await self.client.answer(call.customer)
-            call.bridge = await self.client.bridge(call.customer, agent)
+            # proxy_media: the parties' media always passes Asterisk's core, where the taps are (never native RTP).
+            call.bridge = await self.client.bridge(call.customer, agent, kind="mixing,proxy_media")
         if call.ended:  # a party hung up while we were setting up: what we added goes too
             await self._release(call, call.legs)
             return
         log.info("ARI: call %s bridged (collector %s); %d of 2 legs monitored", call.call_id, agent, len(call.legs))
+        if call.legs:
+            call.watch = asyncio.create_task(self._watch_taps(call), name=f"ari-taps-{call.call_id}")
+
+    async def _watch_taps(self, call: AriCall) -> None:
+        """A tap whose socket has carried no audio ``tap_check_s`` after bridging is rebuilt (a new snoop and bridge),
+        up to ``tap_rebuilds`` times; one still silent then is reported to supervisors as not heard."""
+        s = self.client.settings
+        for attempt in range(s.tap_rebuilds + 1):
+            await asyncio.sleep(s.tap_check_s)
+            silent = [leg for leg in call.legs if not self.registry.heard(leg.audiosocket_uuid)]
+            if call.ended or not silent:
+                return
+            for leg in silent:
+                if attempt == s.tap_rebuilds:
+                    why = f"tap_silent:{s.tap_check_s * (attempt + 1):g}s"
+                    log.error("ARI: call %s: the %s tap still carries no audio", call.call_id, leg.speaker)
+                    self.monitor.leg_unmonitored(call.call_id, leg.speaker, why)
+                    continue
+                log.warning("ARI: call %s: the %s tap carries no audio; rebuilding it", call.call_id, leg.speaker)
+                try:
+                    call.legs[call.legs.index(leg)] = await rebuild_tap(self.client, leg)
+                except httpx.HTTPError as exc:
+                    log.error("ARI: call %s: rebuilding the %s tap failed: %r", call.call_id, leg.speaker, exc)
 
     async def _gone(self, channel: str, reason: str | None = None) -> None:
         """A party left: the other leg, the snoops' media and the bridges go too, and the monitored call ends."""
@@ -347,6 +395,8 @@ class AriApp:
         if call is None or call.ended:
             return
         call.ended = True
+        if call.watch is not None:
+            call.watch.cancel()
         party = "agent" if channel == call.agent else "customer"
         self.monitor.end_call(call.call_id, reason or f"far_end_hangup:{party}")
         self.monitor.forget_call(call.call_id)
