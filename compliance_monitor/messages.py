@@ -22,6 +22,27 @@ CLASSIFIER_CATEGORIES = ("threat", "abuse", "impersonation", "third_party_disclo
 STANDARD_CATEGORIES = ("misrepresentation", "induced_borrowing", "improper_payment")
 UTTERANCE_CATEGORIES = CLASSIFIER_CATEGORIES + STANDARD_CATEGORIES
 CALL_CATEGORIES = ("missing_disclosure", "calling_hours", "call_frequency")  # decided per call, not per turn
+# What each category is called on every screen and report (ui/common.js holds the same; a test keeps them equal).
+CATEGORY_TITLES: dict[str, tuple[str, str]] = {
+    "threat": ("威胁恐吓", "Threat"),
+    "abuse": ("辱骂侮辱", "Abusive language"),
+    "impersonation": ("冒充公检法", "Impersonating officials"),
+    "third_party_disclosure": ("向第三方透露债务", "Debt disclosed to a third party"),
+    "privacy_leak": ("泄露个人信息", "Personal data disclosed"),
+    "missing_disclosure": ("未做身份披露", "Required disclosure missing"),
+    "customer_abuse": ("客户辱骂", "Customer abuse"),
+    "misrepresentation": ("虚假陈述/夸大后果", "Misrepresentation"),
+    "induced_borrowing": ("诱导借贷还款", "Induced borrowing"),
+    "improper_payment": ("违规收费/私人收款", "Improper payment request"),
+    "calling_hours": ("非催收时段", "Outside permitted calling hours"),
+    "call_frequency": ("联系频次超限", "Too many calls to this debtor"),
+}
+
+
+def category_title(category: str) -> str:
+    """'非催收时段 · Outside permitted calling hours'; a category of a pack's own keeps its id."""
+    zh, en = CATEGORY_TITLES.get(category, ("", ""))
+    return f"{zh} · {en}" if zh else category
 
 
 class Speaker(StrEnum):

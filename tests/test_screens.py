@@ -23,6 +23,9 @@ from compliance_monitor.detect.engine import RuleSet
 from compliance_monitor.detect.rulepack import load_pack
 from compliance_monitor.detect.rules import RuleEngine
 from compliance_monitor.messages import (
+    CALL_CATEGORIES,
+    CATEGORY_TITLES,
+    UTTERANCE_CATEGORIES,
     CallStarted,
     DisclosureEvent,
     Finding,
@@ -168,6 +171,7 @@ def test_the_report_is_masked_carries_the_chain_and_is_audited(client: tuple[Tes
     page = r.text
     assert PHONE not in page and "138****4590" in page
     assert "<mark>138****4590</mark>" in page  # the finding's words marked in the transcript
+    assert "泄露个人信息 · Personal data disclosed" in page  # the finding's category in words, not only its id
     head = re.search(r'id="head-hash">([0-9a-f]{64})<', page)
     assert head is not None
     assert 'class="chain ok"' in page
@@ -217,3 +221,17 @@ async def test_the_session_publishes_each_disclosure_item_once_and_the_suggestio
     [insult] = [e for e in events if isinstance(e, FindingEvent)]
     assert insult.rule_id == "abuse.insult" and insult.suggestion == rules.engine.rules["abuse.insult"].suggestion
     assert insult.suggestion
+
+
+def test_the_screens_and_the_reports_call_each_category_the_same() -> None:
+    """ui/common.js titles findings on the screens; messages.CATEGORY_TITLES titles them in reports."""
+    script = (REPO / "ui" / "common.js").read_text(encoding="utf-8")
+
+    def js_table(name: str) -> dict[str, str]:
+        body = re.search(rf"const {name} = {{(.*?)}};", script, re.S)
+        assert body is not None, name
+        return dict(re.findall(r'(\w+): "([^"]+)"', body.group(1)))
+
+    assert js_table("CATEGORY_LABELS") == {c: zh for c, (zh, _) in CATEGORY_TITLES.items()}
+    assert js_table("CATEGORY_NAMES_EN") == {c: en for c, (_, en) in CATEGORY_TITLES.items()}
+    assert set(CATEGORY_TITLES) == set(UTTERANCE_CATEGORIES + CALL_CATEGORIES)

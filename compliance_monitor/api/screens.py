@@ -16,6 +16,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from compliance_monitor.api.auth import Principal, current, enforce
 from compliance_monitor.api.deps import get_monitor
+from compliance_monitor.messages import category_title
 from compliance_monitor.monitor import Monitor
 from compliance_monitor.privacy.mask import can_see_pii, mask_dict, mask_text
 from compliance_monitor.resources import assets_dir
@@ -163,6 +164,7 @@ async def call_report(call_id: str, monitor: MonitorDep, who: Who) -> HTMLRespon
         generated=_when(time.time()),
         when=_when,
         offset=_offset,
+        category_title=category_title,
     )
     await archive.record_audit("report", who.actor, {"role": who.role, "format": "html"}, call_id=call_id)
     return HTMLResponse(html)
