@@ -329,6 +329,14 @@ class AlertUpdatedEvent(_EventBase):
     alert: dict[str, Any] = Field(description="the alert as GET /api/alerts returns it (masked)")
 
 
+class WarningAckedEvent(_EventBase):
+    """The collector acknowledged a warning on their screen: the supervisor's alert for that finding says so."""
+
+    type: Literal["warning_acked"] = "warning_acked"
+    finding_id: int
+    acked_by: str
+
+
 Event = Annotated[
     CallStartedEvent
     | TranscriptEvent
@@ -341,6 +349,7 @@ Event = Annotated[
     | MonitoringLostEvent
     | CallEndedEvent
     | ErrorEvent
-    | AlertUpdatedEvent,
+    | AlertUpdatedEvent
+    | WarningAckedEvent,
     Field(discriminator="type"),
 ]

@@ -44,6 +44,7 @@ USERS = {
     "zhao": ("collector", "A-zhao"),
     "aud": ("auditor", None),
     "adm": ("admin", None),
+    "sup": ("supervisor", None),
 }
 PHONE_DIGITS = "12674590"  # the middle and end of the number dev06 reads out (幺三八，幺二六七，四五九零)
 VIEWPORT = {"width": 1280, "height": 800}
@@ -180,9 +181,16 @@ async def test_a_collector_sees_only_their_own_calls_warnings_masked_and_acknowl
     assert box is not None and box["y"] + 100 < VIEWPORT["height"] and box["height"] > 150, box
     await screenshot(page, "screens-agent-2-second-call-masked-checklist")
 
+    console = await _login(browser, live.http, "sup", "/")  # a supervisor's console, open before the ack
+    alert = console.locator(f'#alerts li.alert[data-alert-id="{leak[0]["finding_id"]}"]')
+    await expect(alert).to_be_visible(timeout=20_000)
+    await expect(alert.locator(".collector-ack")).to_have_count(0)
     await leak_card.locator(".ap-ack").click()
     await expect(leak_card.locator(".ap-ack-note")).to_contain_text("liu")
     await screenshot(page, "screens-agent-3-acknowledged")
+    await expect(alert.locator(".collector-ack")).to_contain_text("liu")  # the console heard of it at once
+    await alert.scroll_into_view_if_needed()
+    await screenshot(console, "screens-agent-3b-console-sees-the-ack")
     async with httpx.AsyncClient(base_url=live.http, headers={"Authorization": f"Bearer {admin}"}) as http:
         audit = (await http.get("/api/calls/call-liu-2/export")).json()["audit"]
     acks = [e for e in audit if e["kind"] == "warning_ack"]

@@ -153,8 +153,15 @@ def test_only_the_calls_collector_acknowledges_its_warning_and_the_audit_names_t
         assert c.post(f"/api/warnings/{liu_warning}/ack", headers=_login(c, name)).status_code == 403, name
     assert c.post("/api/warnings/999999/ack", headers=_login(c, "liu")).status_code == 404
     assert _audit(c, "call-liu", "warning_ack") == []
+    bus = c.app.state.monitor.services.bus  # type: ignore[attr-defined]
+    feed = bus.subscribe(lambda e: e.type == "warning_acked", replay_live=False)
     first = c.post(f"/api/warnings/{liu_warning}/ack", headers=_login(c, "liu")).json()
     assert first == {"finding_id": liu_warning, "call_id": "call-liu", "acked_by": "liu", "already": False}
+    acked = feed.queue.get_nowait()  # the supervisors' consoles hear of it at once...
+    assert (acked.call_id, acked.finding_id, acked.acked_by) == ("call-liu", liu_warning, "liu")
+    alerts = c.get("/api/alerts", params={"call": "call-liu"}, headers=_login(c, "sup")).json()["alerts"]
+    [alert] = [a for a in alerts if a["alert_id"] == liu_warning]  # ... and a console opened later from the archive
+    assert alert["collector_ack"]["actor"] == "liu"
     again = c.post(f"/api/warnings/{liu_warning}/ack", headers=_login(c, "liu")).json()
     assert again["already"] is True
     [entry] = _audit(c, "call-liu", "warning_ack")

@@ -6,6 +6,7 @@ here (a warning is acknowledged by the collector of its call only)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -16,7 +17,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from compliance_monitor.api.auth import Principal, current, enforce
 from compliance_monitor.api.deps import get_monitor
-from compliance_monitor.messages import category_title
+from compliance_monitor.messages import WarningAckedEvent, category_title
 from compliance_monitor.monitor import Monitor
 from compliance_monitor.privacy.mask import can_see_pii, mask_dict, mask_text
 from compliance_monitor.resources import assets_dir
@@ -26,6 +27,7 @@ router = APIRouter(prefix="/api", dependencies=[Depends(enforce)])
 MonitorDep = Annotated[Monitor, Depends(get_monitor)]
 Who = Annotated[Principal, Depends(current)]
 
+log = logging.getLogger(__name__)
 ACK = "warning_ack"  # the audit kind of an acknowledged warning (ref_id: the finding id)
 
 _templates = Environment(
@@ -76,6 +78,11 @@ async def ack_warning(finding_id: int, monitor: MonitorDep, who: Who) -> dict[st
         return {"finding_id": finding_id, "call_id": call_id, "acked_by": earlier["actor"], "already": True}
     payload = {"finding_id": finding_id, "rule_id": owner["rule_id"], "category": owner["category"]}
     await archive.record_audit(ACK, who.actor, payload, call_id=call_id, ref_id=finding_id)
+    acked = WarningAckedEvent(call_id=call_id, agent_id=owner["agent_id"], finding_id=finding_id, acked_by=who.actor)
+    try:  # supervisors' alert for the finding shows it was read; the ack itself is recorded whatever the bus does
+        await monitor.services.bus.publish(acked)
+    except Exception:
+        log.exception("call %s: publishing the collector's acknowledgement of warning %s failed", call_id, finding_id)
     return {"finding_id": finding_id, "call_id": call_id, "acked_by": who.actor, "already": False}
 
 

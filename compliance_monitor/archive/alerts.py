@@ -176,7 +176,15 @@ def _with_details(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> list[di
         ids,
     ):
         notes[n["finding_id"]].append(dict(n))
+    acks = {
+        a["ref_id"]: {"actor": a["actor"], "created_at": a["created_at"]}
+        for a in db.execute(
+            f"SELECT ref_id, actor, created_at FROM audit WHERE kind = 'warning_ack' AND ref_id IN ({marks})",
+            [str(i) for i in ids],
+        )
+    }
     for r in rows:
+        r["collector_ack"] = acks.get(str(r["finding_id"]))  # the collector read the warning on their screen
         metadata = json.loads(r.pop("call_metadata") or "{}")
         r["team"] = metadata.get("team") if isinstance(metadata, dict) else None
         r["actions"] = actions[r["finding_id"]]
