@@ -33,6 +33,8 @@ class FakeAri:
         self.gone, self.fail = gone or set(), fail or set()
         self.not_in_app = not_in_app  # addChannel answers 422 this many times (new channels not in Stasis yet)
         self.n = 0
+        self.app: AriApp | None = None  # set: each channel added to a bridge is reported in it, as Asterisk does
+        self._reports: set[asyncio.Task[None]] = set()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.removeprefix("/ari")
@@ -46,8 +48,22 @@ class FakeAri:
             return httpx.Response(422, json={"message": "Channel not in Stasis application"})
         if request.method == "DELETE":
             return httpx.Response(404 if path.rsplit("/", 1)[1] in self.gone else 204)
+        if path.endswith("/addChannel") and self.app is not None:
+            for event in entered(path, params):
+                task = asyncio.get_running_loop().create_task(self.app.handle(event))
+                self._reports.add(task)
+                task.add_done_callback(self._reports.discard)
         self.n += 1
         return httpx.Response(200, json={"id": f"obj-{self.n}"})
+
+
+def entered(add_path: str, params: dict[str, str]) -> list[dict[str, object]]:
+    """The ChannelEnteredBridge events Asterisk sends once an addChannel's channels are in the bridge."""
+    bridge = add_path.split("/")[2]
+    return [
+        {"type": "ChannelEnteredBridge", "bridge": {"id": bridge}, "channel": {"id": channel}}
+        for channel in params["channel"].split(",")
+    ]
 
 
 async def test_adding_channels_not_yet_in_the_app_is_retried_then_given_up() -> None:
@@ -186,6 +202,7 @@ async def test_stasis_start_bridges_the_collector_and_monitors_both_legs_as_one_
         )
         ari = AriClient(settings, httpx.MockTransport(rest))
         app = AriApp(ari, monitor, server.registry)
+        rest.app = app
         task = asyncio.create_task(app.run())
         try:
             await wait_until(lambda: app.connects == 2)  # dropped once, reconnected
@@ -252,6 +269,7 @@ async def test_a_halt_deletes_both_legs_and_the_stasis_end_that_follows_changes_
     rest = FakeAri()
     ari = client(rest)
     app = AriApp(ari, monitor, server.registry)
+    rest.app = app
     await app.handle({"type": "StasisStart", "args": ["PJSIP/agent"], "channel": {"id": "c2"}})
     await app.drain()
     await app.handle({"type": "StasisStart", "args": [AGENT_ARG, "c2"], "channel": {"id": "obj-1"}})
@@ -280,6 +298,7 @@ async def test_a_party_that_cannot_be_tapped_is_reported_to_supervisors_once_the
     rest = FakeAri(fail={"/channels/c3/snoop"})
     ari = client(rest)
     app = AriApp(ari, monitor, server.registry)
+    rest.app = app
     await app.handle({"type": "StasisStart", "args": ["PJSIP/agent", "1001"], "channel": {"id": "c3"}})
     await app.drain()
     await app.handle({"type": "StasisStart", "args": [AGENT_ARG, "c3"], "channel": {"id": "obj-1"}})
@@ -311,6 +330,7 @@ async def test_a_call_neither_party_of_which_can_be_tapped_is_reported_at_once(
     rest = FakeAri(fail={"/channels/externalMedia"})
     ari = client(rest)
     app = AriApp(ari, monitor, server.registry)
+    rest.app = app
     await app.handle({"type": "StasisStart", "args": ["PJSIP/agent", "1001"], "channel": {"id": "c4"}})
     await app.drain()
     await app.handle({"type": "StasisStart", "args": [AGENT_ARG, "c4"], "channel": {"id": "obj-1"}})
@@ -340,6 +360,7 @@ async def test_a_tap_that_carries_no_audio_is_rebuilt_then_reported_while_a_hear
     rest = FakeAri()
     ari = client(rest, tap_check_s=0.3, tap_rebuilds=1)
     app = AriApp(ari, monitor, server.registry)
+    rest.app = app
     await app.handle({"type": "StasisStart", "args": ["PJSIP/agent", "1001"], "channel": {"id": "c5"}})
     await app.drain()
     await app.handle({"type": "StasisStart", "args": [AGENT_ARG, "c5"], "channel": {"id": "obj-1"}})
@@ -365,5 +386,44 @@ async def test_a_tap_that_carries_no_audio_is_rebuilt_then_reported_while_a_hear
     await app.handle({"type": "StasisEnd", "channel": {"id": "c5"}})
     for sock in sockets:
         sock.writer.close()
+    await settled(monitor)
+    await ari.aclose()
+
+
+async def test_each_set_up_step_waits_until_asterisk_reports_the_last_one_done(
+    monitored: tuple[Monitor, AudioSocketServer],
+) -> None:
+    """addChannel only queues a join: the next snoop, the answer and the parties' bridge wait for Asterisk's
+    ChannelEnteredBridge of what was added before (a snoop racing a bridge join deadlocked Asterisk 22)."""
+    monitor, server = monitored
+    rest = FakeAri()  # not hooked to the app: the test reports the joins itself, one step at a time
+    ari = client(rest)
+    app = AriApp(ari, monitor, server.registry)
+    await app.handle({"type": "StasisStart", "args": ["PJSIP/agent", "1001"], "channel": {"id": "c6"}})
+    await app.drain()
+    await app.handle({"type": "StasisStart", "args": [AGENT_ARG, "c6"], "channel": {"id": "obj-1"}})
+
+    def adds() -> list[tuple[str, dict[str, str]]]:
+        return [(p, q) for _, p, q in rest.requests if p.endswith("/addChannel")]
+
+    async def report_join(n: int) -> None:
+        await wait_until(lambda: len(adds()) >= n)
+        await asyncio.sleep(0.1)  # nothing else is asked meanwhile: no other snoop, answer or bridge
+        assert len(adds()) == n
+        answered = ("POST", "/channels/c6/answer") in [(m, p) for m, p, _ in rest.requests]
+        assert answered is (n == 3), n
+        for event in entered(*adds()[n - 1]):
+            await app.handle(event)
+
+    await report_join(1)  # the collector's tap
+    assert [p for _, p, _ in rest.requests if p.endswith("/snoop")] == ["/channels/obj-1/snoop"]
+    await report_join(2)  # the customer's tap
+    await report_join(3)  # the parties' bridge
+    await app.drain()
+    call = app.calls["c6"]
+    assert len(call.legs) == 2 and call.bridge is not None and call.watch is not None
+    assert adds()[2][1]["channel"] == "c6,obj-1"
+    assert not app._joins  # nothing left waiting
+    await app.handle({"type": "StasisEnd", "channel": {"id": "c6"}})
     await settled(monitor)
     await ari.aclose()

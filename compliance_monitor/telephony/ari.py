@@ -28,7 +28,7 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,8 +86,8 @@ class AriClient:
         )
         return str(body["id"])
 
-    async def bridge(self, *channels: str, kind: str = "mixing") -> str:
-        bridge = str((await self._call("POST", "/bridges", type=kind))["id"])
+    async def bridge(self, *channels: str) -> str:
+        bridge = str((await self._call("POST", "/bridges", type="mixing"))["id"])
         try:
             await self._add_channels(bridge, ",".join(channels))
         except BaseException:
@@ -160,10 +160,23 @@ class Leg:
     bridge: str
 
 
+Joined = Callable[..., Awaitable[None]]  # (bridge, *channels): until Asterisk says they are in it
+
+
+async def _no_wait(bridge: str, *channels: str) -> None:
+    return None
+
+
 async def attach_leg(
-    client: AriClient, registry: AudioSocketRegistry, channel: str, speaker: Speaker, info: CallInfo
+    client: AriClient,
+    registry: AudioSocketRegistry,
+    channel: str,
+    speaker: Speaker,
+    info: CallInfo,
+    joined: Joined = _no_wait,
 ) -> Leg:
-    """One party of the call: its snoop's audio arrives at our AudioSocket server, tagged ``speaker``."""
+    """One party of the call: its snoop's audio arrives at our AudioSocket server, tagged ``speaker``. Returns once
+    ``joined`` says the snoop and its externalMedia channel are in their bridge."""
     key = str(uuid.uuid4())
     legs = info.legs or (Speaker.AGENT, Speaker.CUSTOMER)  # both parties' sockets join one monitored call
     registry.register(key, CallInfo(info.call_id, info.agent_id, speaker, info.metadata, legs))
@@ -171,7 +184,9 @@ async def attach_leg(
     try:
         created.append(await client.snoop(channel, spy="in"))
         created.append(await client.external_media(key))
-        return Leg(channel, speaker, key, *created, await client.bridge(*created))
+        bridge = await client.bridge(*created)
+        await joined(bridge, *created)
+        return Leg(channel, speaker, key, *created, bridge)
     except BaseException:  # a half-made tap would open a silent leg: take it down
         registry.forget(key)
         for made in created:
@@ -180,13 +195,14 @@ async def attach_leg(
         raise
 
 
-async def rebuild_tap(client: AriClient, leg: Leg) -> Leg:
+async def rebuild_tap(client: AriClient, leg: Leg, joined: Joined = _no_wait) -> Leg:
     """A new snoop and bridge for a tap that carries no audio; its externalMedia channel (our socket) stays.
 
     Adding the media channel to the new bridge moves it out of the old one, so the socket sees no gap."""
     snoop = await client.snoop(leg.channel, spy="in")
     try:
         bridge = await client.bridge(snoop, leg.media)
+        await joined(bridge, snoop, leg.media)
     except BaseException:
         with contextlib.suppress(httpx.HTTPError):
             await client.hangup(snoop)
@@ -264,6 +280,9 @@ class AriApp:
         self.connects = 0  # successful websocket connections (reconnects included)
         # Call set-ups run beside the event reader: it keeps reading (and answering pings) while REST calls wait.
         self._setups: set[asyncio.Task[None]] = set()
+        # (bridge, channel) -> set once Asterisk reports the channel in the bridge: addChannel only queues the join,
+        # and attaching audio hooks to a channel while it is still joining a bridge deadlocked Asterisk 22 here.
+        self._joins: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     async def run(self) -> None:
         """Until cancelled: the events websocket, reconnected with a doubling backoff."""
@@ -308,8 +327,34 @@ class AriApp:
             task = asyncio.create_task(self._set_up(channel, [str(a) for a in event.get("args") or []]))
             self._setups.add(task)
             task.add_done_callback(self._setups.discard)
+        elif kind == "ChannelEnteredBridge":
+            joined = self._join((event.get("bridge") or {}).get("id", ""), str(channel.get("id", "")))
+            if not joined.done():
+                joined.set_result(None)
+        elif kind == "ChannelLeftBridge":
+            self._joins.pop(((event.get("bridge") or {}).get("id", ""), str(channel.get("id", ""))), None)
         elif kind in ("StasisEnd", "ChannelDestroyed", "ChannelHangupRequest"):
             await self._gone(str(channel.get("id", "")))
+
+    def _join(self, bridge: str, channel: str) -> asyncio.Future[None]:
+        key = (bridge, channel)
+        if key not in self._joins:
+            self._joins[key] = asyncio.get_running_loop().create_future()
+        return self._joins[key]
+
+    async def joined(self, bridge: str, *channels: str) -> None:
+        """Until Asterisk reports each channel in the bridge (or ``ari.join_within_s``: then on, with a warning)."""
+        waits = [self._join(bridge, channel) for channel in channels]
+        try:
+            async with asyncio.timeout(self.client.settings.join_within_s):
+                await asyncio.gather(*waits)
+        except TimeoutError:
+            log.warning(
+                "ARI: %s not reported in bridge %s within %g s", channels, bridge, self.client.settings.join_within_s
+            )
+        finally:
+            for channel in channels:
+                self._joins.pop((bridge, channel), None)
 
     async def _set_up(self, channel: dict[str, Any], args: list[str]) -> None:
         try:
@@ -342,15 +387,16 @@ class AriApp:
     async def _bridge(self, call: AriCall, agent: str) -> None:
         """The collector answered: tap each party into the monitor as one call, then answer and bridge them.
 
-        Tapped first, so the monitor hears the call from its first word, and each party's audio hook is on its
-        channel before the channels meet in a bridge (none of the bridge's re-evaluation races a new hook)."""
+        Tapped first, so the monitor hears the call from its first word. Each step waits for Asterisk's events to
+        say the last one is done (``joined``): under load, a snoop requested while its channel was still joining a
+        bridge left that tap silent and deadlocked the channel (Asterisk 22.10)."""
         call.agent = agent
         self.calls[agent] = call
         self.monitor.expect_call(call.call_id, AriControl(self.client, agent, call.customer))
         info = CallInfo(call.call_id, call.agent_id, metadata=call.metadata)
         for channel, speaker in ((agent, Speaker.AGENT), (call.customer, Speaker.CUSTOMER)):
             try:
-                call.legs.append(await attach_leg(self.client, self.registry, channel, speaker, info))
+                call.legs.append(await attach_leg(self.client, self.registry, channel, speaker, info, self.joined))
             except httpx.HTTPError as exc:  # the parties will talk anyway: the supervisor is told who is not heard
                 why = f"ari_snoop_failed:{type(exc).__name__}"
                 log.error("ARI: call %s: the %s leg is NOT monitored: %r", call.call_id, speaker, exc)
@@ -359,8 +405,8 @@ class AriApp:
             self.monitor.call_unmonitored(call.call_id, call.agent_id, "ari_snoop_failed")
         if not call.ended:
             await self.client.answer(call.customer)
-            # proxy_media: the parties' media always passes Asterisk's core, where the taps are (never native RTP).
-            call.bridge = await self.client.bridge(call.customer, agent, kind="mixing,proxy_media")
+            call.bridge = await self.client.bridge(call.customer, agent)
+            await self.joined(call.bridge, call.customer, agent)
         if call.ended:  # a party hung up while we were setting up: what we added goes too
             await self._release(call, call.legs)
             return
@@ -385,7 +431,7 @@ class AriApp:
                     continue
                 log.warning("ARI: call %s: the %s tap carries no audio; rebuilding it", call.call_id, leg.speaker)
                 try:
-                    call.legs[call.legs.index(leg)] = await rebuild_tap(self.client, leg)
+                    call.legs[call.legs.index(leg)] = await rebuild_tap(self.client, leg, self.joined)
                 except httpx.HTTPError as exc:
                     log.error("ARI: call %s: rebuilding the %s tap failed: %r", call.call_id, leg.speaker, exc)
 
