@@ -394,7 +394,7 @@ async def test_each_set_up_step_waits_until_asterisk_reports_the_last_one_done(
     monitored: tuple[Monitor, AudioSocketServer],
 ) -> None:
     """addChannel only queues a join: the next snoop, the answer and the parties' bridge wait for Asterisk's
-    ChannelEnteredBridge of what was added before (a snoop racing a bridge join deadlocked Asterisk 22)."""
+    ChannelEnteredBridge of what was added before (a snoop racing a queued join wedged Asterisk 22)."""
     monitor, server = monitored
     rest = FakeAri()  # not hooked to the app: the test reports the joins itself, one step at a time
     ari = client(rest)

@@ -281,7 +281,7 @@ class AriApp:
         # Call set-ups run beside the event reader: it keeps reading (and answering pings) while REST calls wait.
         self._setups: set[asyncio.Task[None]] = set()
         # (bridge, channel) -> set once Asterisk reports the channel in the bridge: addChannel only queues the join,
-        # and attaching audio hooks to a channel while it is still joining a bridge deadlocked Asterisk 22 here.
+        # and a snoop requested while a join was still queued left its tap silent and the channel wedged (Asterisk 22).
         self._joins: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     async def run(self) -> None:
@@ -388,8 +388,8 @@ class AriApp:
         """The collector answered: tap each party into the monitor as one call, then answer and bridge them.
 
         Tapped first, so the monitor hears the call from its first word. Each step waits for Asterisk's events to
-        say the last one is done (``joined``): under load, a snoop requested while its channel was still joining a
-        bridge left that tap silent and deadlocked the channel (Asterisk 22.10)."""
+        say the last one is done (``joined``): under load, a snoop requested while the previous step's bridge join
+        was still queued left that tap silent and wedged the channel (Asterisk 22.10, 1 in 43 loaded test calls)."""
         call.agent = agent
         self.calls[agent] = call
         self.monitor.expect_call(call.call_id, AriControl(self.client, agent, call.customer))
