@@ -261,8 +261,8 @@ async def test_a_two_leg_call_reaches_the_monitor_as_one_call_with_two_speakers_
 ) -> None:
     """Customer ↔ collector, two sipp phones each streaming real Mandarin, and ONE monitored call with two
     speakers. ``ari``: extension 301 → ``Stasis(compliance-monitor,PJSIP/agent,1001)``; the monitor's own ARI
-    application (events websocket) dials the collector, bridges the two and snoops each leg into its AudioSocket
-    server. ``dialplan``: extension 302 taps each leg into its own AudioSocket (``DIALPLAN_302``), no ARI.
+    application (events websocket) dials the collector, snoops each leg into its AudioSocket server, then bridges
+    the two. ``dialplan``: extension 302 taps each leg into its own AudioSocket (``DIALPLAN_302``), no ARI.
     The collector's speech says 交易 (the test rule pack's keyword); the customer's does not. The finding on the
     AGENT's speech makes the policy warn the collector: the tone is found in the RTP to the agent's phone and
     not in the customer's. A supervisor's halt over REST ends both legs: both sipp phones get a BYE."""

@@ -98,8 +98,8 @@ class AriClient:
 
     async def _add_channels(self, bridge: str, channels: str) -> None:
         """A channel we just created (snoop, externalMedia) enters the app a moment after the REST answer; until
-        then addChannel answers 422 'not in Stasis application'. Against Asterisk 22 with ASR busy on both cores
-        that moment passed 1.5 s: retry, doubling the wait, for up to ``ari.join_within_s``."""
+        then addChannel answers 422 'not in Stasis application' (seen against Asterisk 22 under load): retry,
+        doubling the wait, for up to ``ari.join_within_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.join_within_s
         delay, longest = ADD_CHANNEL_RETRY_S
