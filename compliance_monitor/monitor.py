@@ -141,6 +141,7 @@ class Monitor:
         self._legs: dict[CallSession, list[_Leg]] = {}
         self._expected: dict[str, CallControl] = {}  # controls the PBX side registered, by bridge call id
         self._unheard: dict[str, list[tuple[Speaker, str]]] = {}  # legs the PBX side could not tap, not yet open
+        self._untapped: dict[str, str | None] = {}  # calls the PBX side could not tap at all -> agent id
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_call_done: Callable[[CallSession], Awaitable[None]] | None = None
         self.bridge_stats = BridgeStats()
@@ -156,6 +157,7 @@ class Monitor:
     def forget_call(self, bridge_call_id: str) -> None:
         self._expected.pop(bridge_call_id, None)
         self._unheard.pop(bridge_call_id, None)
+        self._untapped.pop(bridge_call_id, None)
 
     def leg_unmonitored(self, bridge_call_id: str, speaker: Speaker, why: str) -> None:
         """The PBX side could not tap one party of a call it bridged: the call's supervisor alert says so, now if
@@ -169,16 +171,31 @@ class Monitor:
     def call_unmonitored(self, bridge_call_id: str, agent_id: str | None, why: str) -> None:
         """No party of a call the PBX bridged could be tapped: nothing will open it here, so tell supervisors now."""
         self._unheard.pop(bridge_call_id, None)
+        self._untapped[bridge_call_id] = agent_id
         message = f"call {bridge_call_id} is not monitored ({why}); 本通话未被监控"
         log.error("%s", message)
         event = MonitoringLostEvent(call_id=bridge_call_id, agent_id=agent_id, reason=why, message=message)
-        task = asyncio.create_task(self.services.bus.publish(event), name=f"unmonitored-{bridge_call_id}")
+        self._spawn_publish(event, f"unmonitored-{bridge_call_id}")
+
+    def _spawn_publish(self, event: MonitoringLostEvent | CallEndedEvent, name: str) -> None:
+        """Published off the caller's path (the ARI event reader); a failing bus is logged, never raised there."""
+
+        async def publish() -> None:
+            try:
+                await self.services.bus.publish(event)
+            except Exception:
+                log.exception("call %s: publishing %s failed", event.call_id, event.type)
+
+        task = asyncio.create_task(publish(), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def end_call(self, bridge_call_id: str, reason: str) -> bool:
         """The PBX says the call is over (ARI: a leg hung up): its input ends now. False if it is not live."""
         session = self._claims.get(bridge_call_id)
+        if bridge_call_id in self._untapped:  # the consoles showed it as not monitored: they hear it end too
+            ended = CallEndedEvent(call_id=bridge_call_id, agent_id=self._untapped.pop(bridge_call_id), reason=reason)
+            self._spawn_publish(ended, f"ended-{bridge_call_id}")
         if session is None or session.input_ended:
             return False
         # During our own hangup the PBX reports each leg going before the hangup request returns: it is the halt.

@@ -348,7 +348,10 @@ async def test_a_call_neither_party_of_which_can_be_tapped_is_reported_at_once(
     assert len(snoops) == 2 and len(set(deleted)) == 2  # each half-made tap (its snoop) taken down...
     assert not {"/channels/c4", "/channels/obj-1"} & set(deleted)  # ... and neither party: they talk on
     assert len(server.registry) == 0 and not monitor.calls
-    await app.handle({"type": "StasisEnd", "channel": {"id": "c4"}})
+    await app.handle({"type": "StasisEnd", "channel": {"id": "c4"}})  # the consoles' "not monitored" card ends
+    await wait_until(lambda: not feed.queue.empty())
+    ended = feed.queue.get_nowait()
+    assert (ended.type, ended.call_id, ended.reason) == ("call_ended", "c4", "far_end_hangup:customer")
     await ari.aclose()
 
 
