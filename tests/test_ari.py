@@ -15,9 +15,10 @@ import pytest
 import websockets
 from websockets.asyncio.server import ServerConnection
 
+from compliance_monitor.bus.memory import Subscription
 from compliance_monitor.config import AriSettings
 from compliance_monitor.ingest.audiosocket import AudioSocketRegistry, CallInfo
-from compliance_monitor.messages import Outcome, Speaker
+from compliance_monitor.messages import Event, Outcome, Speaker
 from compliance_monitor.monitor import Monitor
 from compliance_monitor.telephony.ari import AGENT_ARG, AriApp, AriClient, AriControl, attach_leg
 from compliance_monitor.telephony.audiosocket import AudioSocketServer
@@ -262,18 +263,37 @@ async def test_stasis_start_bridges_the_collector_and_monitors_both_legs_as_one_
             await ari.aclose()
 
 
+async def answered(
+    rest: FakeAri,
+    monitor: Monitor,
+    server: AudioSocketServer,
+    customer: str,
+    agent_id: str | None = None,
+    **settings: object,
+) -> tuple[AriClient, AriApp]:
+    """The customer's channel enters Stasis, the collector it dials (``obj-1``) answers: the app has set the call up."""
+    ari = client(rest, **settings)
+    app = AriApp(ari, monitor, server.registry)
+    rest.app = app
+    args = ["PJSIP/agent", agent_id] if agent_id else ["PJSIP/agent"]
+    await app.handle({"type": "StasisStart", "args": args, "channel": {"id": customer}})
+    await app.drain()
+    await app.handle({"type": "StasisStart", "args": [AGENT_ARG, customer], "channel": {"id": "obj-1"}})
+    await app.drain()
+    return ari, app
+
+
+def queued(feed: Subscription, kind: str) -> list[Event]:
+    """What the subscription holds of one event type, left in place."""
+    return [e for e in list(feed.queue._queue) if e.type == kind]  # type: ignore[attr-defined]
+
+
 async def test_a_halt_deletes_both_legs_and_the_stasis_end_that_follows_changes_nothing(
     monitored: tuple[Monitor, AudioSocketServer],
 ) -> None:
     monitor, server = monitored
     rest = FakeAri()
-    ari = client(rest)
-    app = AriApp(ari, monitor, server.registry)
-    rest.app = app
-    await app.handle({"type": "StasisStart", "args": ["PJSIP/agent"], "channel": {"id": "c2"}})
-    await app.drain()
-    await app.handle({"type": "StasisStart", "args": [AGENT_ARG, "c2"], "channel": {"id": "obj-1"}})
-    await app.drain()
+    ari, app = await answered(rest, monitor, server, "c2")
     keys = [q["data"] for _, p, q in rest.requests if p == "/channels/externalMedia"]
     legs = [await Channel.open(server) for _ in keys]
     for leg, key in zip(legs, keys, strict=True):
@@ -296,21 +316,15 @@ async def test_a_party_that_cannot_be_tapped_is_reported_to_supervisors_once_the
     monitor, server = monitored
     feed = monitor.services.bus.subscribe(lambda _e: True, replay_live=False)  # type: ignore[union-attr]
     rest = FakeAri(fail={"/channels/c3/snoop"})
-    ari = client(rest)
-    app = AriApp(ari, monitor, server.registry)
-    rest.app = app
-    await app.handle({"type": "StasisStart", "args": ["PJSIP/agent", "1001"], "channel": {"id": "c3"}})
-    await app.drain()
-    await app.handle({"type": "StasisStart", "args": [AGENT_ARG, "c3"], "channel": {"id": "obj-1"}})
-    await app.drain()
+    ari, app = await answered(rest, monitor, server, "c3", agent_id="1001")
     [key] = [q["data"] for _, p, q in rest.requests if p == "/channels/externalMedia"]  # the collector's tap only
     leg = await Channel.open(server)
     await leg.send(uuid_frame(uuid.UUID(key)), SILENCE)
     await wait_until(lambda: "c3" in monitor.calls)
     session = monitor.calls["c3"]
-    await wait_until(lambda: any(e.type == "monitoring_lost" for e in list(feed.queue._queue)))  # type: ignore[attr-defined]
+    await wait_until(lambda: queued(feed, "monitoring_lost"))
     await session.settle_controls()
-    [lost] = [e for e in list(feed.queue._queue) if e.type == "monitoring_lost"]  # type: ignore[attr-defined]
+    [lost] = queued(feed, "monitoring_lost")
     assert lost.call_id == "c3" and lost.reason == "leg_lost:customer" and "ari_snoop_failed" in lost.message
     await app.handle({"type": "StasisEnd", "channel": {"id": "c3"}})
     leg.writer.close()
@@ -328,13 +342,7 @@ async def test_a_call_neither_party_of_which_can_be_tapped_is_reported_at_once(
     monitor, server = monitored
     feed = monitor.services.bus.subscribe(lambda _e: True, replay_live=False)  # type: ignore[union-attr]
     rest = FakeAri(fail={"/channels/externalMedia"})
-    ari = client(rest)
-    app = AriApp(ari, monitor, server.registry)
-    rest.app = app
-    await app.handle({"type": "StasisStart", "args": ["PJSIP/agent", "1001"], "channel": {"id": "c4"}})
-    await app.drain()
-    await app.handle({"type": "StasisStart", "args": [AGENT_ARG, "c4"], "channel": {"id": "obj-1"}})
-    await app.drain()
+    ari, app = await answered(rest, monitor, server, "c4", agent_id="1001")
     await wait_until(lambda: not feed.queue.empty())
     lost = feed.queue.get_nowait()
     assert (lost.type, lost.call_id, lost.agent_id, lost.reason) == (
@@ -361,19 +369,13 @@ async def test_a_tap_that_carries_no_audio_is_rebuilt_then_reported_while_a_hear
     monitor, server = monitored
     feed = monitor.services.bus.subscribe(lambda _e: True, replay_live=False)  # type: ignore[union-attr]
     rest = FakeAri()
-    ari = client(rest, tap_check_s=0.3, tap_rebuilds=1)
-    app = AriApp(ari, monitor, server.registry)
-    rest.app = app
-    await app.handle({"type": "StasisStart", "args": ["PJSIP/agent", "1001"], "channel": {"id": "c5"}})
-    await app.drain()
-    await app.handle({"type": "StasisStart", "args": [AGENT_ARG, "c5"], "channel": {"id": "obj-1"}})
-    await app.drain()
+    ari, app = await answered(rest, monitor, server, "c5", agent_id="1001", tap_check_s=0.3, tap_rebuilds=1)
     call = app.calls["c5"]
     agent_leg, customer_leg = call.legs
     sockets = [await Channel.open(server) for _ in call.legs]
     await sockets[0].send(uuid_frame(uuid.UUID(agent_leg.audiosocket_uuid)), SILENCE)  # the collector is heard
     await sockets[1].send(uuid_frame(uuid.UUID(customer_leg.audiosocket_uuid)))  # the customer's tap: nothing
-    await wait_until(lambda: any(e.type == "monitoring_lost" for e in list(feed.queue._queue)))  # type: ignore[attr-defined]
+    await wait_until(lambda: queued(feed, "monitoring_lost"))
     snoops = [p for m, p, _ in rest.requests if m == "POST" and p.endswith("/snoop")]
     assert snoops == ["/channels/obj-1/snoop", "/channels/c5/snoop", "/channels/c5/snoop"]  # one rebuild, customer's
     rebuilt = call.legs[1]
@@ -384,7 +386,7 @@ async def test_a_tap_that_carries_no_audio_is_rebuilt_then_reported_while_a_hear
     deleted = {p for m, p, _ in rest.requests if m == "DELETE"}
     assert {f"/channels/{customer_leg.snoop}", f"/bridges/{customer_leg.bridge}"} <= deleted
     assert call.legs[0] == agent_leg  # the heard tap is left alone
-    [lost] = [e for e in list(feed.queue._queue) if e.type == "monitoring_lost"]  # type: ignore[attr-defined]
+    [lost] = queued(feed, "monitoring_lost")
     assert lost.reason == "leg_lost:customer" and "tap_silent" in lost.message
     await app.handle({"type": "StasisEnd", "channel": {"id": "c5"}})
     for sock in sockets:
